@@ -1,0 +1,326 @@
+"""The async xwhep API: typed calls over one transport, used by the commands, the worker and tests."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from pydantic import BaseModel
+
+from client.config import ClientConfig
+from client.transport import CHUNK, ApiRequest, ApiResponse, HttpTransport
+from common.errors import NotFound, Unauthorized, ValidationFailed, XWError
+from common.schemas import (
+    AppIn,
+    AppOut,
+    CertResponse,
+    DataIn,
+    DataOut,
+    EventOut,
+    JobIn,
+    JobOut,
+    ObjectRef,
+    Page,
+    Ping,
+    TokenResponse,
+    UserGroupIn,
+    UserGroupOut,
+    UserIn,
+    UserOut,
+    UserPatch,
+    Version,
+)
+from common.uri import XWUri, is_uid, parse_uri
+
+M = TypeVar("M", bound=BaseModel)
+Progress = Callable[[int], None]  # called with the number of bytes just moved
+
+
+class Transport(Protocol):
+    """What the API needs from the network."""
+
+    async def handle(self, req: ApiRequest) -> ApiResponse: ...
+
+    async def aclose(self) -> None: ...
+
+
+KIND_PATHS = {"app": "/apps", "data": "/data", "work": "/jobs", "user": "/users", "usergroup": "/usergroups"}
+
+
+class XWClient:
+    """An authenticated session with one server. Use as ``async with XWClient(cfg) as xw``."""
+
+    def __init__(self, cfg: ClientConfig, transport: Transport | None = None) -> None:
+        self.cfg = cfg
+        self.transport: Transport = transport or HttpTransport(cfg)
+        self._token: str | None = None
+        self._login_lock = asyncio.Lock()
+
+    async def __aenter__(self) -> XWClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self.transport.aclose()
+
+    def uri(self, uid: str) -> XWUri:
+        return XWUri(self.cfg.host, uid)
+
+    # --- plumbing ---------------------------------------------------------------------------------
+
+    async def _auth_headers(self) -> dict[str, str]:
+        if self.cfg.login and self.cfg.password and not self.cfg.cert:
+            async with self._login_lock:
+                if self._token is None:
+                    self._token = (await self.login(self.cfg.login, self.cfg.password)).access_token
+            return {"Authorization": f"Bearer {self._token}"}
+        return {}
+
+    async def login(self, login: str, password: str) -> TokenResponse:
+        """Exchange a password for a token (the library does this itself when configured)."""
+        return await self._call("POST", "/auth/token", TokenResponse, json={"login": login, "password": password},
+                                auth=False)
+
+    async def open(self, req: ApiRequest, *, auth: bool = True) -> ApiResponse:
+        """Send a request and return the open response, raising the server's problem as an XWError."""
+        for attempt in (1, 2):
+            if auth:
+                req.headers.update(await self._auth_headers())
+            resp = await self.transport.handle(req)
+            try:
+                await resp.raise_for_problem()
+            except Unauthorized as err:
+                expired = "expired" in err.reason and self._token is not None
+                if attempt == 1 and expired and not isinstance(req.content, AsyncIterator):
+                    self._token = None  # a long session outlived its token: log in once more
+                    continue
+                raise
+            return resp
+        raise AssertionError("unreachable")
+
+    async def _call(self, method: str, path: str, model: type[M] | None, *, json: Any = None,
+                    params: dict[str, str] | None = None, auth: bool = True) -> Any:
+        resp = await self.open(ApiRequest(method, path, params=params or {}, json=json), auth=auth)
+        try:
+            if model is None or resp.status == 204:
+                return None
+            return model.model_validate(await resp.json())
+        finally:
+            await resp.aclose()
+
+    async def _page(self, path: str, model: type[M], params: dict[str, str]) -> Page[M]:
+        page: Page[M] = await self._call("GET", path, Page[model], params=params)  # type: ignore[valid-type]
+        return page
+
+    async def iterate(self, path: str, model: type[M], params: dict[str, str] | None = None,
+                      page_size: int = 500) -> AsyncIterator[M]:
+        """Every item of a list, page after page."""
+        offset = 0
+        while True:
+            page = await self._page(path, model, {**(params or {}), "offset": str(offset), "limit": str(page_size)})
+            for item in page.items:
+                yield item
+            offset += len(page.items)
+            if not page.items or offset >= page.total:
+                return
+
+    async def all(self, path: str, model: type[M], params: dict[str, str] | None = None) -> list[M]:
+        return [item async for item in self.iterate(path, model, params)]
+
+    # --- misc -------------------------------------------------------------------------------------
+
+    async def version(self) -> Version:
+        result: Version = await self._call("GET", "/version", Version, auth=False)
+        return result
+
+    async def ping(self) -> Ping:
+        result: Ping = await self._call("GET", "/ping", Ping)
+        return result
+
+    async def sign_csr(self, csr_pem: str) -> CertResponse:
+        result: CertResponse = await self._call("POST", "/auth/csr", CertResponse, json={"csr": csr_pem})
+        return result
+
+    async def resolve(self, kind: str, ref: str) -> str:
+        """A uid from a uid, an xw:// URI, or a name unique among the objects we can see."""
+        uri = parse_uri(ref)
+        if uri is not None:
+            return uri.uid
+        if is_uid(ref.lower()):
+            return ref.lower()
+        key = {"app": "name", "data": "name", "user": "login", "work": "label"}.get(kind)
+        if key is None:
+            if kind == "usergroup":
+                groups = [g for g in await self.all("/usergroups", UserGroupOut) if g.label == ref]
+                return _one(kind, ref, [g.uid for g in groups])
+            raise NotFound(f"{ref!r} is neither a uid nor an xw:// URI")
+        model: type[BaseModel] = {"app": AppOut, "data": DataOut, "user": UserOut, "work": JobOut}[kind]
+        page = await self._page(KIND_PATHS[kind], model, {key: ref, "limit": "2"})
+        return _one(kind, ref, [str(getattr(item, "uid")) for item in page.items])
+
+    async def find(self, ref: str) -> ObjectRef:
+        """What kind of object a uid or URI names."""
+        uri = parse_uri(ref)
+        uid = uri.uid if uri else ref.lower()
+        if not is_uid(uid):
+            raise ValidationFailed(f"{ref!r} is not a uid or xw:// URI")
+        result: ObjectRef = await self._call("GET", f"/objects/{uid}", ObjectRef)
+        return result
+
+    async def chmod(self, uid: str, mode: str) -> ObjectRef:
+        result: ObjectRef = await self._call("POST", f"/objects/{uid}/chmod", ObjectRef, json={"mode": mode})
+        return result
+
+    async def remove(self, uid: str) -> None:
+        await self._call("DELETE", f"/objects/{uid}", None)
+
+    async def events(self, *, object_uid: str | None = None, after: int | None = None) -> list[EventOut]:
+        params = {k: v for k, v in (("object", object_uid), ("after", str(after) if after else None)) if v}
+        return await self.all("/events", EventOut, params)
+
+    # --- users and groups -------------------------------------------------------------------------
+
+    async def users(self, **filters: str) -> list[UserOut]:
+        return await self.all("/users", UserOut, filters)
+
+    async def create_user(self, user: UserIn) -> UserOut:
+        result: UserOut = await self._call("POST", "/users", UserOut, json=user.model_dump(mode="json"))
+        return result
+
+    async def patch_user(self, uid: str, patch: UserPatch) -> UserOut:
+        result: UserOut = await self._call("PATCH", f"/users/{uid}", UserOut,
+                                           json=patch.model_dump(mode="json", exclude_none=True))
+        return result
+
+    async def usergroups(self) -> list[UserGroupOut]:
+        return await self.all("/usergroups", UserGroupOut)
+
+    async def create_usergroup(self, group: UserGroupIn) -> UserGroupOut:
+        result: UserGroupOut = await self._call("POST", "/usergroups", UserGroupOut,
+                                                json=group.model_dump(mode="json"))
+        return result
+
+    # --- apps -------------------------------------------------------------------------------------
+
+    async def apps(self, **filters: str) -> list[AppOut]:
+        return await self.all("/apps", AppOut, filters)
+
+    async def get_app(self, uid: str) -> AppOut:
+        result: AppOut = await self._call("GET", f"/apps/{uid}", AppOut)
+        return result
+
+    async def send_app(self, app: AppIn) -> AppOut:
+        result: AppOut = await self._call("POST", "/apps", AppOut, json=app.model_dump(mode="json",
+                                                                                           exclude_none=True))
+        return result
+
+    # --- data -------------------------------------------------------------------------------------
+
+    async def datas(self, **filters: str) -> list[DataOut]:
+        return await self.all("/data", DataOut, filters)
+
+    async def get_data(self, uid: str) -> DataOut:
+        result: DataOut = await self._call("GET", f"/data/{uid}", DataOut)
+        return result
+
+    async def create_data(self, data: DataIn) -> DataOut:
+        result: DataOut = await self._call("POST", "/data", DataOut, json=data.model_dump(mode="json",
+                                                                                           exclude_none=True))
+        return result
+
+    async def upload(self, uid: str, path: Path, progress: Progress | None = None) -> DataOut:
+        """Stream a file as a data object's content."""
+        resp = await self.open(ApiRequest("PUT", f"/data/{uid}/content", content=_file_chunks(path, progress),
+                                          headers={"Content-Type": "application/octet-stream"}))
+        try:
+            return DataOut.model_validate(await resp.json())
+        finally:
+            await resp.aclose()
+
+    async def send_file(self, path: Path, name: str | None = None, progress: Progress | None = None,
+                        **fields: Any) -> DataOut:
+        """Create a data object from a file (declaring size and sha256) and upload it; undo on failure."""
+        digest, size = await asyncio.to_thread(file_sha256, path)
+        data = await self.create_data(DataIn(name=name or path.name, size=size, sha256=digest, **fields))
+        try:
+            return await self.upload(data.uid, path, progress)
+        except (XWError, OSError, asyncio.CancelledError):
+            await asyncio.shield(self._forget(data.uid))
+            raise
+
+    async def _forget(self, uid: str) -> None:
+        try:
+            await self._call("DELETE", f"/data/{uid}", None)
+        except XWError:
+            pass
+
+    async def download(self, uid: str, dest: Path, progress: Progress | None = None) -> DataOut:
+        """Stream a data object's content to ``dest`` atomically, checking its sha256."""
+        meta = await self.get_data(uid)
+        resp = await self.open(ApiRequest("GET", f"/data/{uid}/content"))
+        tmp = dest.with_name(f".{dest.name}.part")
+        digest = hashlib.sha256()
+        try:
+            with tmp.open("wb") as fh:
+                async for chunk in resp.iter_chunks():
+                    digest.update(chunk)
+                    fh.write(chunk)
+                    if progress:
+                        progress(len(chunk))
+            if meta.sha256 and digest.hexdigest() != meta.sha256:
+                raise ValidationFailed(f"downloaded content of {uid} does not match its sha256")
+            os.replace(tmp, dest)
+        finally:
+            await resp.aclose()
+            tmp.unlink(missing_ok=True)
+        return meta
+
+    # --- jobs -------------------------------------------------------------------------------------
+
+    async def submit(self, job: JobIn) -> JobOut:
+        result: JobOut = await self._call("POST", "/jobs", JobOut, json=job.model_dump(mode="json",
+                                                                                        exclude_none=True))
+        return result
+
+    async def jobs(self, **filters: str) -> list[JobOut]:
+        return await self.all("/jobs", JobOut, filters)
+
+    async def get_job(self, uid: str) -> JobOut:
+        result: JobOut = await self._call("GET", f"/jobs/{uid}", JobOut)
+        return result
+
+
+def _one(kind: str, ref: str, uids: list[str]) -> str:
+    if not uids:
+        raise NotFound(f"no {kind} named {ref!r} visible to you")
+    if len(uids) > 1:
+        raise ValidationFailed(f"several {kind}s are named {ref!r}; use a uid")
+    return uids[0]
+
+
+def file_sha256(path: Path) -> tuple[str, int]:
+    """sha256 and size of a file, read in chunks."""
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as fh:
+        while chunk := fh.read(CHUNK * 4):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+async def _file_chunks(path: Path, progress: Progress | None) -> AsyncIterator[bytes]:
+    with path.open("rb") as fh:
+        while True:
+            chunk = await asyncio.to_thread(fh.read, CHUNK * 4)
+            if not chunk:
+                return
+            if progress:
+                progress(len(chunk))
+            yield chunk

@@ -1,0 +1,255 @@
+"""Wire schemas: the JSON bodies of the REST API, shared by server and client."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Generic, TypeVar
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from common.enums import CPU, OS, AppType, DataStatus, JobStatus, UserRights
+from common.rights import parse_mode
+
+MAX_NAME = 128
+MAX_ARGS = 8192
+_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+@=:-]*$")
+
+
+def _check_name(v: str) -> str:
+    if ".." in v or not _NAME_RE.match(v):
+        raise ValueError(
+            "must start with a letter, digit or '_' and hold only letters, digits and _.+@=:- "
+            "(no '/', '\\\\', '..', spaces or control characters)"
+        )
+    return v
+
+
+def _check_mode(v: str) -> str:
+    parse_mode(v)
+    return v
+
+
+Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME), AfterValidator(_check_name)]
+Mode = Annotated[str, Field(max_length=32), AfterValidator(_check_mode)]
+Uid = Annotated[str, Field(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")]
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class Model(BaseModel):
+    """Base: unknown fields are refused, so typos fail loudly."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Owned(Model):
+    """Fields every stored object carries."""
+
+    uid: str
+    owner: str | None = None
+    group: str | None = None
+    access_rights: str
+    created: datetime
+    modified: datetime
+
+
+T = TypeVar("T")
+
+
+class Page(Model, Generic[T]):
+    """One page of a list."""
+
+    items: list[T]
+    total: int
+    offset: int
+    limit: int
+
+
+# --- auth -----------------------------------------------------------------------------------------
+
+class TokenRequest(Model):
+    login: Annotated[str, Field(min_length=1, max_length=MAX_NAME)]
+    password: Annotated[str, Field(min_length=1, max_length=1024)]
+
+
+class TokenResponse(Model):
+    access_token: str
+    token_type: str = "Bearer"
+    expires_in: int
+
+
+class CsrRequest(Model):
+    csr: Annotated[str, Field(min_length=1, max_length=16384)]
+
+
+class CertResponse(Model):
+    certificate: str
+    ca: str
+    subject: str
+
+
+class Version(Model):
+    version: str
+    api: str = "v1"
+
+
+class Ping(Model):
+    pong: bool = True
+    login: str
+    rights: UserRights
+    auth: str
+
+
+# --- users and groups -----------------------------------------------------------------------------
+
+class UserIn(Model):
+    login: Name
+    password: Annotated[str, Field(min_length=8, max_length=1024)]
+    email: Annotated[str, Field(max_length=254)] = ""
+    rights: UserRights = UserRights.STANDARD_USER
+    usergroup: str | None = None  # uid or label
+    cert_subject: Annotated[str, Field(max_length=1024)] | None = None
+
+
+class UserPatch(Model):
+    password: Annotated[str, Field(min_length=8, max_length=1024)] | None = None
+    email: Annotated[str, Field(max_length=254)] | None = None
+    rights: UserRights | None = None
+    cert_subject: Annotated[str, Field(max_length=1024)] | None = None
+
+
+class UserOut(Owned):
+    login: str
+    email: str
+    rights: UserRights
+    usergroup: str | None
+    cert_subject: str | None
+
+
+class UserGroupIn(Model):
+    label: Name
+    project: bool = False
+    access_rights: Mode | None = None
+
+
+class UserGroupOut(Owned):
+    label: str
+    project: bool
+
+
+# --- apps and data --------------------------------------------------------------------------------
+
+class Binary(Model):
+    os: OS
+    cpu: CPU
+    data: Uid
+
+
+class AppIn(Model):
+    name: Name
+    type: AppType = AppType.BINARY
+    binaries: list[Binary] = Field(default_factory=list, max_length=32)
+    env: Uid | None = None
+    wallclock: Annotated[int, Field(ge=1, le=365 * 86400)] | None = None
+    min_memory: Annotated[int, Field(ge=0)] = 0
+    access_rights: Mode | None = None
+
+
+class AppOut(Owned):
+    name: str
+    type: AppType
+    binaries: list[Binary]
+    env: str | None
+    wallclock: int | None
+    min_memory: int
+
+
+class DataIn(Model):
+    name: Name
+    type: Annotated[str, Field(max_length=32, pattern=r"^[A-Za-z0-9_]*$")] = "BINARY"
+    os: OS = OS.ANY
+    cpu: CPU = CPU.ANY
+    size: Annotated[int, Field(ge=0)] | None = None
+    sha256: Sha256 | None = None
+    access_rights: Mode | None = None
+
+
+class DataOut(Owned):
+    name: str
+    type: str
+    os: OS
+    cpu: CPU
+    size: int | None
+    sha256: str | None
+    status: DataStatus
+
+
+# --- jobs -----------------------------------------------------------------------------------------
+
+class ForwardAddress(Model):
+    address: Annotated[str, Field(min_length=1, max_length=512)]
+    port: Port
+
+
+class JobIn(Model):
+    app: Uid
+    args: Annotated[str, Field(max_length=MAX_ARGS)] = ""
+    env: list[Uid] = Field(default_factory=list, max_length=64)
+    stdin: Uid | None = None
+    inputs: list[Uid] = Field(default_factory=list, max_length=1024)
+    label: Name | None = None
+    group: Name | None = None
+    expected_host: Annotated[str, Field(max_length=255)] | None = None
+    wallclock: Annotated[int, Field(ge=1, le=365 * 86400)] | None = None
+    max_retries: Annotated[int, Field(ge=0, le=1000)] = 10
+    listen_ports: list[Port] = Field(default_factory=list, max_length=16)
+    forward_addresses: list[ForwardAddress] = Field(default_factory=list, max_length=16)
+    access_rights: Mode | None = None
+
+
+class JobOut(Owned):
+    app: str
+    args: str
+    env: list[str]
+    stdin: str | None
+    inputs: list[str]
+    label: str | None
+    job_group: str | None
+    expected_host: str | None
+    wallclock: int | None
+    max_retries: int
+    retry: int
+    listen_ports: list[int]
+    forward_addresses: list[ForwardAddress]
+    status: JobStatus
+    status_reason: str | None
+    return_code: int | None
+    result: str | None
+    host: str | None
+    started: datetime | None
+    completed: datetime | None
+
+
+class ChmodIn(Model):
+    mode: Mode
+
+
+class ObjectRef(Model):
+    uid: str
+    kind: str
+    access_rights: str
+
+
+# --- events ---------------------------------------------------------------------------------------
+
+class EventOut(Model):
+    id: int
+    at: datetime
+    actor: str | None
+    kind: str
+    object: str
+    action: str
+    from_status: str | None
+    to_status: str | None
+    reason: str | None

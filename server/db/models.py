@@ -1,0 +1,185 @@
+"""SQLAlchemy 2 typed models. Every owned object has uid, owner, group, access rights and times."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+UID = String(36)
+
+
+def utcnow() -> datetime:
+    """Now, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every engine (SQLite stores naive values)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime")
+        return value.astimezone(UTC) if value is not None else None
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+
+class Base(DeclarativeBase):
+    """Declarative base."""
+
+    type_annotation_map: dict[Any, Any] = {datetime: UTCDateTime()}
+
+
+class OwnedMixin:
+    """Columns every access-controlled object carries."""
+
+    uid: Mapped[str] = mapped_column(UID, primary_key=True)
+    owner_uid: Mapped[str | None] = mapped_column(UID, index=True)
+    group_uid: Mapped[str | None] = mapped_column(UID, index=True)
+    access_rights: Mapped[int] = mapped_column(Integer)
+    created: Mapped[datetime] = mapped_column(default=utcnow)
+    modified: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class UserGroup(OwnedMixin, Base):
+    __tablename__ = "usergroups"
+
+    label: Mapped[str] = mapped_column(String(128), unique=True)
+    project: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class User(OwnedMixin, Base):
+    __tablename__ = "users"
+
+    login: Mapped[str] = mapped_column(String(128), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(256))
+    email: Mapped[str] = mapped_column(String(254), default="")
+    rights: Mapped[str] = mapped_column(String(16))
+    usergroup_uid: Mapped[str | None] = mapped_column(ForeignKey("usergroups.uid", ondelete="RESTRICT"))
+    cert_subject: Mapped[str | None] = mapped_column(String(1024), unique=True)
+
+
+class Blob(Base):
+    """One stored content, shared by every data object with the same sha256."""
+
+    __tablename__ = "blobs"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    refcount: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Data(OwnedMixin, Base):
+    __tablename__ = "datas"
+
+    name: Mapped[str] = mapped_column(String(128), index=True)
+    type: Mapped[str] = mapped_column(String(32), default="BINARY")
+    os: Mapped[str] = mapped_column(String(16))
+    cpu: Mapped[str] = mapped_column(String(16))
+    size: Mapped[int | None] = mapped_column(BigInteger)
+    sha256: Mapped[str | None] = mapped_column(ForeignKey("blobs.sha256", ondelete="RESTRICT"))
+    declared_sha256: Mapped[str | None] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))
+
+
+class App(OwnedMixin, Base):
+    __tablename__ = "apps"
+
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    type: Mapped[str] = mapped_column(String(16))
+    binaries: Mapped[list[dict[str, str]]] = mapped_column(JSON, default=list)
+    env_uid: Mapped[str | None] = mapped_column(UID)
+    wallclock: Mapped[int | None] = mapped_column(Integer)
+    min_memory: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class Job(OwnedMixin, Base):
+    __tablename__ = "jobs"
+
+    app_uid: Mapped[str] = mapped_column(ForeignKey("apps.uid", ondelete="RESTRICT"), index=True)
+    args: Mapped[str] = mapped_column(Text, default="")
+    env: Mapped[list[str]] = mapped_column(JSON, default=list)
+    stdin_uid: Mapped[str | None] = mapped_column(UID)
+    inputs: Mapped[list[str]] = mapped_column(JSON, default=list)
+    label: Mapped[str | None] = mapped_column(String(128), index=True)
+    job_group: Mapped[str | None] = mapped_column(String(128), index=True)
+    expected_host: Mapped[str | None] = mapped_column(String(255))
+    wallclock: Mapped[int | None] = mapped_column(Integer)
+    max_retries: Mapped[int] = mapped_column(Integer, default=10)
+    retry: Mapped[int] = mapped_column(Integer, default=0)
+    listen_ports: Mapped[list[int]] = mapped_column(JSON, default=list)
+    forward_addresses: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    status: Mapped[str] = mapped_column(String(16))
+    status_reason: Mapped[str | None] = mapped_column(String(1024))
+    return_code: Mapped[int | None] = mapped_column(Integer)
+    result_uid: Mapped[str | None] = mapped_column(UID)
+    host_uid: Mapped[str | None] = mapped_column(UID, index=True)
+    started: Mapped[datetime | None] = mapped_column()
+    completed: Mapped[datetime | None] = mapped_column()
+
+    __table_args__ = (Index("ix_jobs_status_created", "status", "created"),)
+
+
+class Host(OwnedMixin, Base):
+    """A worker host (filled in by the worker issue)."""
+
+    __tablename__ = "hosts"
+
+    name: Mapped[str] = mapped_column(String(255), index=True)
+    os: Mapped[str] = mapped_column(String(16))
+    cpu: Mapped[str] = mapped_column(String(16))
+    cores: Mapped[int] = mapped_column(Integer, default=1)
+    memory: Mapped[int] = mapped_column(BigInteger, default=0)
+    disk: Mapped[int] = mapped_column(BigInteger, default=0)
+    version: Mapped[str] = mapped_column(String(32), default="")
+    sandbox: Mapped[str] = mapped_column(String(32), default="")
+    last_alive: Mapped[datetime | None] = mapped_column()
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
+class Event(Base):
+    """One line of the event log: who did what to which object, and the state change."""
+
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    actor_uid: Mapped[str | None] = mapped_column(UID)
+    kind: Mapped[str] = mapped_column(String(16))
+    object_uid: Mapped[str] = mapped_column(UID, index=True)
+    object_owner_uid: Mapped[str | None] = mapped_column(UID, index=True)
+    action: Mapped[str] = mapped_column(String(32))
+    from_status: Mapped[str | None] = mapped_column(String(16))
+    to_status: Mapped[str | None] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(String(1024))
+
+
+OWNED_MODELS: dict[str, type[OwnedMixin]] = {
+    "user": User,
+    "usergroup": UserGroup,
+    "app": App,
+    "data": Data,
+    "work": Job,
+    "host": Host,
+}

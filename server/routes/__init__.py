@@ -1,0 +1,1 @@
+"""REST resources, one module each; ``ALL`` lists their route tables."""

@@ -1,0 +1,67 @@
+"""Helpers shared by the resource modules: loading under rights, serialising owned fields, filters."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from aiohttp import web
+from sqlalchemy import Select, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from common.errors import NotFound, ValidationFailed
+from common.rights import Perm, format_mode, parse_mode
+from common.uri import is_uid
+from server.authz import Actor, require, visible
+from server.db.models import OwnedMixin, User
+from server.http import page_params
+
+O = TypeVar("O", bound=OwnedMixin)
+
+
+def path_uid(request: web.Request, key: str = "uid") -> str:
+    """A uid from the URL path; anything else is 404 (never reaches SQL as text it can't match)."""
+    uid = request.match_info[key].lower()
+    if not is_uid(uid):
+        raise NotFound(f"{request.match_info[key]!r} is not an object uid")
+    return uid
+
+
+async def load(session: AsyncSession, model: type[O], uid: str, actor: Actor, perm: Perm, what: str) -> O:
+    """Load one object and require ``perm`` on it (unreadable objects are reported as not found)."""
+    obj = await session.get(model, uid)
+    if obj is None:
+        raise NotFound(f"no {what} {uid}")
+    require(actor, obj, perm, what)
+    return obj
+
+
+def owned(obj: OwnedMixin) -> dict[str, Any]:
+    """The fields every owned object shows."""
+    return {"uid": obj.uid, "owner": obj.owner_uid, "group": obj.group_uid,
+            "access_rights": format_mode(obj.access_rights), "created": obj.created, "modified": obj.modified}
+
+
+def rights_for(requested: str | None, default: int) -> int:
+    return parse_mode(requested) if requested is not None else default
+
+
+async def owner_filter(session: AsyncSession, text: str) -> str:
+    """Resolve an ``owner`` filter given as uid or login."""
+    if is_uid(text):
+        return text
+    uid = (await session.execute(select(User.uid).where(User.login == text))).scalar_one_or_none()
+    if uid is None:
+        raise ValidationFailed(f"no user {text!r} (owner filter)")
+    return uid
+
+
+async def paged(session: AsyncSession, request: web.Request, actor: Actor, model: type[O], stmt: Select[Any],
+                order: Any) -> tuple[list[O], int, int, int]:
+    """Apply rights, the common ``owner`` filter and pagination; return (rows, total, offset, limit)."""
+    offset, limit = page_params(request)
+    stmt = stmt.where(visible(actor, model))
+    if "owner" in request.query:
+        stmt = stmt.where(model.owner_uid == await owner_filter(session, request.query["owner"]))
+    total = (await session.execute(select(func.count()).select_from(stmt.subquery()))).scalar_one()
+    rows = (await session.execute(stmt.order_by(order).offset(offset).limit(limit))).scalars().all()
+    return list(rows), int(total), offset, limit

@@ -1,0 +1,168 @@
+"""Data objects: metadata first (UNAVAILABLE), then streamed content (AVAILABLE), stored once per sha256."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from common.enums import CPU, OS, DataStatus, JobStatus
+from common.errors import Conflict, ValidationFailed
+from common.jobstates import Trigger, advance
+from common.rights import Perm
+from common.schemas import DataIn, DataOut, Page
+from common.uri import new_uid
+from server.authz import Actor, default_rights, require, require_may_insert, require_may_list
+from server.db.models import Blob, Data, Job
+from server.events import record
+from server.http import Routes, read_body, reply
+from server.routes.base import load, owned, paged, path_uid, rights_for
+from server.state import actor_of, services
+
+routes = Routes("data")
+
+MAX_DATA_BYTES = 1 << 40
+OCTET = "application/octet-stream"
+
+
+def data_out(d: Data) -> DataOut:
+    return DataOut(**owned(d), name=d.name, type=d.type, os=OS(d.os), cpu=CPU(d.cpu), size=d.size, sha256=d.sha256,
+                   status=DataStatus(d.status))
+
+
+@routes.add("GET", "/data", summary="List data", response=Page[DataOut], query={"name": "exact name"})
+async def list_data(request: web.Request) -> web.Response:
+    actor = actor_of(request)
+    require_may_list(actor, "data")
+    stmt = select(Data)
+    if "name" in request.query:
+        stmt = stmt.where(Data.name == request.query["name"])
+    async with services(request).sessions() as session:
+        rows, total, offset, limit = await paged(session, request, actor, Data, stmt, Data.created)
+    return reply(Page[DataOut](items=[data_out(d) for d in rows], total=total, offset=offset, limit=limit))
+
+
+@routes.add("POST", "/data", summary="Create a data object (content follows with PUT .../content)", body=DataIn,
+            response=DataOut, status=201)
+async def create_data(request: web.Request) -> web.Response:
+    svc = services(request)
+    actor = actor_of(request)
+    require_may_insert(actor, "data")
+    body = await read_body(request, DataIn, svc.settings.max_json_bytes)
+    data = Data(uid=new_uid(), owner_uid=actor.uid, group_uid=actor.group_uid,
+                access_rights=rights_for(body.access_rights, default_rights(actor)), name=body.name, type=body.type,
+                os=body.os.value, cpu=body.cpu.value, size=body.size, declared_sha256=body.sha256,
+                status=DataStatus.UNAVAILABLE.value)
+    async with svc.sessions() as session, session.begin():
+        session.add(data)
+        record(session, actor, "data", data, "create", to_status=data.status, reason=body.name)
+    return reply(data_out(data), status=201)
+
+
+@routes.add("GET", "/data/{uid}", summary="Show a data object", response=DataOut)
+async def get_data(request: web.Request) -> web.Response:
+    async with services(request).sessions() as session:
+        data = await load(session, Data, path_uid(request), actor_of(request), Perm.READ, "data")
+    return reply(data_out(data))
+
+
+@routes.add("PUT", "/data/{uid}/content", summary="Upload a data object's content (streamed)", response=DataOut,
+            raw_body=OCTET)
+async def put_content(request: web.Request) -> web.Response:
+    svc = services(request)
+    actor = actor_of(request)
+    uid = path_uid(request)
+    async with svc.sessions() as session:
+        data = await load(session, Data, uid, actor, Perm.WRITE, "data")
+        if data.status == DataStatus.AVAILABLE.value:
+            raise Conflict(f"data {uid} already has content; data objects are immutable")
+    item = await svc.store.ingest(request.content.iter_any(), max_size=MAX_DATA_BYTES, expect_size=data.size,
+                                  expect_sha256=data.declared_sha256)
+    async with svc.store.lock(item.sha256):
+        try:
+            async with svc.sessions() as session, session.begin():
+                data = await load(session, Data, uid, actor, Perm.WRITE, "data")
+                if data.status == DataStatus.AVAILABLE.value:
+                    raise Conflict(f"data {uid} already has content; data objects are immutable")
+                blob = await session.get(Blob, item.sha256, with_for_update=True)
+                if blob is None:
+                    session.add(Blob(sha256=item.sha256, size=item.size, refcount=1))
+                else:
+                    blob.refcount += 1
+                svc.store.place(item)
+                data.sha256, data.size, data.status = item.sha256, item.size, DataStatus.AVAILABLE.value
+                record(session, actor, "data", data, "upload", from_status=DataStatus.UNAVAILABLE.value,
+                       to_status=data.status, reason=f"{item.size} bytes sha256 {item.sha256}")
+                await _release_waiting_jobs(session, actor, data)
+        finally:
+            svc.store.discard(item)
+    return reply(data_out(data))
+
+
+async def _release_waiting_jobs(session: AsyncSession, actor: Actor, data: Data) -> None:
+    """Jobs of this owner waiting for inputs become PENDING once all their inputs are available."""
+    jobs = (await session.execute(select(Job).where(Job.status == JobStatus.UNAVAILABLE.value,
+                                                    Job.owner_uid == data.owner_uid))).scalars().all()
+    for job in jobs:
+        refs = [*job.inputs, *job.env, *([job.stdin_uid] if job.stdin_uid else [])]
+        if data.uid not in refs:
+            continue
+        rows = (await session.execute(select(Data.status).where(Data.uid.in_(refs)))).scalars().all()
+        if all(s == DataStatus.AVAILABLE.value for s in rows):
+            step = advance(JobStatus.UNAVAILABLE, Trigger.INPUTS_READY)
+            job.status = step.status.value
+            record(session, actor, "work", job, "inputs_ready", from_status=JobStatus.UNAVAILABLE.value,
+                   to_status=job.status, reason=f"input {data.uid} uploaded")
+
+
+@routes.add("GET", "/data/{uid}/content", summary="Download a data object's content (streamed)",
+            raw_response=OCTET)
+async def get_content(request: web.Request) -> web.StreamResponse:
+    svc = services(request)
+    async with svc.sessions() as session:
+        data = await load(session, Data, path_uid(request), actor_of(request), Perm.READ, "data")
+    if data.status != DataStatus.AVAILABLE.value or data.sha256 is None:
+        raise Conflict(f"data {data.uid} has no content yet (status {data.status})")
+    path = svc.store.path(data.sha256)
+    if not path.exists():
+        raise ValidationFailed(f"content of data {data.uid} is missing from the store")
+    return web.FileResponse(path, chunk_size=256 * 1024, headers={
+        "Content-Type": OCTET, "X-Content-SHA256": data.sha256,
+        "Content-Disposition": f'attachment; filename="{data.name}"'})
+
+
+async def delete_data_in(session: AsyncSession, actor: Actor, data: Data) -> str | None:
+    """Delete a data object; returns the sha256 whose file must go once the transaction commits."""
+    require(actor, data, Perm.WRITE, "data")
+    record(session, actor, "data", data, "delete", reason=data.name)
+    sha = data.sha256
+    await session.delete(data)
+    await session.flush()
+    if sha is None:
+        return None
+    await session.execute(update(Blob).where(Blob.sha256 == sha).values(refcount=Blob.refcount - 1))
+    blob = await session.get(Blob, sha, populate_existing=True)
+    if blob is not None and blob.refcount <= 0:
+        await session.delete(blob)
+        return sha
+    return None
+
+
+@routes.add("DELETE", "/data/{uid}", summary="Delete a data object", status=204)
+async def delete_data(request: web.Request) -> web.Response:
+    svc = services(request)
+    actor = actor_of(request)
+    async with svc.sessions() as session, session.begin():
+        data = await load(session, Data, path_uid(request), actor, Perm.READ, "data")
+        gone = await delete_data_in(session, actor, data)
+    if gone is not None:
+        async with svc.store.lock(gone):
+            async with svc.sessions() as session:
+                if await session.get(Blob, gone) is None:
+                    svc.store.delete(gone)
+    return web.Response(status=204)
+
+
+def require_known_type(text: str) -> None:
+    if not text:
+        raise ValidationFailed("data type must not be empty")

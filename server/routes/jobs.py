@@ -1,0 +1,113 @@
+"""Jobs (XWHEP "works"): submit under the app's rights, list, show, delete."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from common.enums import AppType, DataStatus, JobStatus
+from common.errors import ValidationFailed
+from common.rights import Perm
+from common.schemas import ForwardAddress, JobIn, JobOut, Page
+from common.uri import new_uid
+from server.authz import Actor, default_rights, require, require_may_insert, require_may_list
+from server.db.models import App, Data, Job, utcnow
+from server.events import record
+from server.http import Routes, read_body, reply
+from server.routes.base import load, owned, paged, path_uid, rights_for
+from server.state import actor_of, services
+
+routes = Routes("jobs")
+
+
+def job_out(j: Job) -> JobOut:
+    return JobOut(**owned(j), app=j.app_uid, args=j.args, env=list(j.env), stdin=j.stdin_uid, inputs=list(j.inputs),
+                  label=j.label, job_group=j.job_group, expected_host=j.expected_host, wallclock=j.wallclock,
+                  max_retries=j.max_retries, retry=j.retry, listen_ports=list(j.listen_ports),
+                  forward_addresses=[ForwardAddress(**f) for f in j.forward_addresses],
+                  status=JobStatus(j.status), status_reason=j.status_reason, return_code=j.return_code,
+                  result=j.result_uid, host=j.host_uid, started=j.started, completed=j.completed)
+
+
+@routes.add("GET", "/jobs", summary="List jobs", response=Page[JobOut],
+            query={"status": "job status", "label": "exact label", "group": "job group", "owner": "login or uid",
+                   "app": "application uid"})
+async def list_jobs(request: web.Request) -> web.Response:
+    actor = actor_of(request)
+    require_may_list(actor, "jobs")
+    stmt = select(Job)
+    q = request.query
+    if "status" in q:
+        try:
+            stmt = stmt.where(Job.status == JobStatus(q["status"].upper()).value)
+        except ValueError:
+            raise ValidationFailed(f"unknown status {q['status']!r}") from None
+    if "label" in q:
+        stmt = stmt.where(Job.label == q["label"])
+    if "group" in q:
+        stmt = stmt.where(Job.job_group == q["group"])
+    if "app" in q:
+        stmt = stmt.where(Job.app_uid == q["app"])
+    async with services(request).sessions() as session:
+        rows, total, offset, limit = await paged(session, request, actor, Job, stmt, Job.created)
+    return reply(Page[JobOut](items=[job_out(j) for j in rows], total=total, offset=offset, limit=limit))
+
+
+async def _inputs_available(session: AsyncSession, actor: Actor, refs: list[str]) -> bool:
+    available = True
+    for uid in refs:
+        data = await load(session, Data, uid, actor, Perm.READ, "data")
+        available &= data.status == DataStatus.AVAILABLE.value
+    return available
+
+
+@routes.add("POST", "/jobs", summary="Submit a job (needs execute on the application)", body=JobIn,
+            response=JobOut, status=201)
+async def submit(request: web.Request) -> web.Response:
+    svc = services(request)
+    actor = actor_of(request)
+    require_may_insert(actor, "jobs")
+    body = await read_body(request, JobIn, svc.settings.max_json_bytes)
+    async with svc.sessions() as session, session.begin():
+        app = await load(session, App, body.app, actor, Perm.READ, "application")
+        require(actor, app, Perm.EXECUTE, "application")
+        if AppType(app.type) is AppType.BINARY and not app.binaries:
+            raise ValidationFailed(f"application {app.name!r} has no binary yet; add one with xwsendapp")
+        refs = [*body.inputs, *body.env, *([body.stdin] if body.stdin else [])]
+        ready = await _inputs_available(session, actor, refs)
+        status = JobStatus.PENDING if ready else JobStatus.UNAVAILABLE
+        job = Job(uid=new_uid(), owner_uid=actor.uid, group_uid=actor.group_uid,
+                  access_rights=rights_for(body.access_rights, default_rights(actor)) & app.access_rights,
+                  app_uid=app.uid, args=body.args, env=list(body.env), stdin_uid=body.stdin, inputs=list(body.inputs),
+                  label=body.label, job_group=body.group, expected_host=body.expected_host,
+                  wallclock=body.wallclock or app.wallclock, max_retries=body.max_retries, retry=0,
+                  listen_ports=list(body.listen_ports),
+                  forward_addresses=[f.model_dump() for f in body.forward_addresses], status=status.value,
+                  created=utcnow())
+        session.add(job)
+        record(session, actor, "work", job, "submit", to_status=status.value, reason=f"app {app.name}")
+    return reply(job_out(job), status=201)
+
+
+@routes.add("GET", "/jobs/{uid}", summary="Show a job", response=JobOut)
+async def get_job(request: web.Request) -> web.Response:
+    async with services(request).sessions() as session:
+        job = await load(session, Job, path_uid(request), actor_of(request), Perm.READ, "job")
+    return reply(job_out(job))
+
+
+async def delete_job_in(session: AsyncSession, actor: Actor, job: Job) -> None:
+    """Delete a job in any state (a running one is killed by its worker at its next heartbeat)."""
+    require(actor, job, Perm.WRITE, "job")
+    record(session, actor, "work", job, "delete", from_status=job.status, reason="deleted by " + actor.login)
+    await session.delete(job)
+
+
+@routes.add("DELETE", "/jobs/{uid}", summary="Delete a job", status=204)
+async def delete_job(request: web.Request) -> web.Response:
+    actor = actor_of(request)
+    async with services(request).sessions() as session, session.begin():
+        job = await load(session, Job, path_uid(request), actor, Perm.READ, "job")
+        await delete_job_in(session, actor, job)
+    return web.Response(status=204)

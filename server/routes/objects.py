@@ -1,0 +1,110 @@
+"""Kind-independent routes: find any object by uid, chmod it, delete it; and the event log."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from sqlalchemy import or_, select
+
+from common.enums import UserRights
+from common.errors import Forbidden, NotFound
+from common.rights import Perm, format_mode, parse_mode
+from common.schemas import ChmodIn, EventOut, ObjectRef, Page
+from server.authz import Actor, can_administer, require, require_may_list
+from server.db.models import OWNED_MODELS, App, Data, Event, Job, OwnedMixin, User, UserGroup
+from server.events import record
+from server.http import Routes, page_params, read_body, reply
+from server.routes.apps import delete_app_in
+from server.routes.base import path_uid
+from server.routes.data import delete_data_in
+from server.routes.jobs import delete_job_in
+from server.routes.users import delete_group_in
+from server.state import actor_of, services
+from sqlalchemy.ext.asyncio import AsyncSession
+
+routes = Routes("objects")
+
+
+async def find(session: AsyncSession, actor: Actor, uid: str) -> tuple[str, OwnedMixin]:
+    """The object with ``uid`` whatever its kind, if the actor may read it."""
+    for kind, model in OWNED_MODELS.items():
+        obj = await session.get(model, uid)
+        if obj is not None:
+            require(actor, obj, Perm.READ, kind)
+            return kind, obj
+    raise NotFound(f"no object {uid}")
+
+
+@routes.add("GET", "/objects/{uid}", summary="Find the kind of any object", response=ObjectRef)
+async def get_object(request: web.Request) -> web.Response:
+    async with services(request).sessions() as session:
+        kind, obj = await find(session, actor_of(request), path_uid(request))
+    return reply(ObjectRef(uid=obj.uid, kind=kind, access_rights=format_mode(obj.access_rights)))
+
+
+@routes.add("POST", "/objects/{uid}/chmod", summary="Change an object's access rights", body=ChmodIn,
+            response=ObjectRef)
+async def chmod(request: web.Request) -> web.Response:
+    svc = services(request)
+    actor = actor_of(request)
+    body = await read_body(request, ChmodIn, svc.settings.max_json_bytes)
+    async with svc.sessions() as session, session.begin():
+        kind, obj = await find(session, actor, path_uid(request))
+        if not can_administer(actor, obj):
+            raise Forbidden(f"only the owner or an administrator may change the rights of {kind} {obj.uid}")
+        before = obj.access_rights
+        obj.access_rights = parse_mode(body.mode, before)
+        record(session, actor, kind, obj, "chmod", reason=f"{format_mode(before)} -> {format_mode(obj.access_rights)}")
+    return reply(ObjectRef(uid=obj.uid, kind=kind, access_rights=format_mode(obj.access_rights)))
+
+
+@routes.add("DELETE", "/objects/{uid}", summary="Delete any object (xwrm)", status=204)
+async def remove(request: web.Request) -> web.Response:
+    svc = services(request)
+    actor = actor_of(request)
+    gone = None
+    async with svc.sessions() as session, session.begin():
+        kind, obj = await find(session, actor, path_uid(request))
+        if isinstance(obj, Job):
+            await delete_job_in(session, actor, obj)
+        elif isinstance(obj, Data):
+            gone = await delete_data_in(session, actor, obj)
+        elif isinstance(obj, App):
+            await delete_app_in(session, actor, obj)
+        elif isinstance(obj, UserGroup):
+            await delete_group_in(session, actor, obj)
+        elif isinstance(obj, User):
+            raise Forbidden("delete users with DELETE /api/v1/users/{uid}")
+        else:
+            require(actor, obj, Perm.WRITE, kind)
+            record(session, actor, kind, obj, "delete")
+            await session.delete(obj)
+    if gone is not None:
+        async with svc.store.lock(gone):
+            svc.store.delete(gone)
+    return web.Response(status=204)
+
+
+def _event_out(e: Event) -> EventOut:
+    return EventOut(id=e.id, at=e.at, actor=e.actor_uid, kind=e.kind, object=e.object_uid, action=e.action,
+                    from_status=e.from_status, to_status=e.to_status, reason=e.reason)
+
+
+@routes.add("GET", "/events", summary="Read the event log", response=Page[EventOut],
+            query={"object": "object uid", "after": "only events with a larger id"})
+async def events(request: web.Request) -> web.Response:
+    actor = actor_of(request)
+    require_may_list(actor, "events")
+    offset, limit = page_params(request)
+    stmt = select(Event)
+    if actor.rights is not UserRights.SUPER_USER:
+        stmt = stmt.where(or_(Event.object_owner_uid == actor.uid, Event.actor_uid == actor.uid))
+    if "object" in request.query:
+        stmt = stmt.where(Event.object_uid == request.query["object"].lower())
+    if "after" in request.query and request.query["after"].isdigit():
+        stmt = stmt.where(Event.id > int(request.query["after"]))
+    from sqlalchemy import func
+
+    async with services(request).sessions() as session:
+        total = (await session.execute(select(func.count()).select_from(stmt.subquery()))).scalar_one()
+        rows = (await session.execute(stmt.order_by(Event.id).offset(offset).limit(limit))).scalars().all()
+    return reply(Page[EventOut](items=[_event_out(e) for e in rows], total=int(total), offset=offset, limit=limit))

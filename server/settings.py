@@ -1,0 +1,105 @@
+"""Server settings: defaults < DIR/settings.toml < XW_* environment, built once per process."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from common.config import read_toml
+
+DEFAULT_PORT = 4321
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_TOKEN_TTL = 3600
+DEFAULT_PAGE = 100
+MAX_PAGE = 1000
+MAX_JSON_BYTES = 1 << 20
+SETTINGS_FILE = "settings.toml"
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Everything a server process needs to know, resolved once at start."""
+
+    home: Path
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    public_name: str = ""  # the name in xw:// URIs; defaults to host
+    database_url: str = ""  # empty: SQLite file in home
+    token_ttl: int = DEFAULT_TOKEN_TTL
+    extra_ca_dir: str = ""  # more CAs whose client certificates are trusted
+    max_json_bytes: int = MAX_JSON_BYTES
+    env_keys: tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.home / "ca" / "ca.crt"
+
+    @property
+    def ca_key(self) -> Path:
+        return self.home / "ca" / "ca.key"
+
+    @property
+    def server_cert(self) -> Path:
+        return self.home / "server.crt"
+
+    @property
+    def server_key(self) -> Path:
+        return self.home / "server.key"
+
+    @property
+    def jwt_key(self) -> Path:
+        return self.home / "jwt.key"
+
+    @property
+    def store_dir(self) -> Path:
+        return self.home / "store"
+
+    @property
+    def admin_conf(self) -> Path:
+        return self.home / "admin.conf"
+
+    @property
+    def url_file(self) -> Path:
+        return self.home / "server.url"
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{self.home / 'xwhep.db'}"
+
+    @property
+    def uri_host(self) -> str:
+        return self.public_name or self.host
+
+
+_ENV = {
+    "XW_HOST": "host",
+    "XW_PORT": "port",
+    "XW_PUBLIC_NAME": "public_name",
+    "XW_DATABASE_URL": "database_url",
+    "XW_TOKEN_TTL": "token_ttl",
+    "XW_EXTRA_CA_DIR": "extra_ca_dir",
+}
+
+
+def load_settings(home: Path, **overrides: Any) -> ServerSettings:
+    """Build settings for the server home ``home``; ``overrides`` (e.g. from the CLI) win over everything."""
+    home = home.resolve()
+    path = home / SETTINGS_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{home} is not a server home (no {SETTINGS_FILE}); run `xwserver init --dir {home}`")
+    settings = ServerSettings(home=home)
+    types = {f.name: f.type for f in fields(ServerSettings)}
+    values: dict[str, Any] = {}
+    for key, value in read_toml(path).items():
+        if key in types and key not in ("home", "env_keys"):
+            values[key] = value
+    for env, key in _ENV.items():
+        if env in os.environ:
+            values[key] = os.environ[env]
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    for key in ("port", "token_ttl", "max_json_bytes"):
+        if key in values:
+            values[key] = int(values[key])
+    return replace(settings, **values)

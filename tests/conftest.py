@@ -1,0 +1,136 @@
+"""Fixtures: a real xwhep server over TLS on 127.0.0.1 port 0, with a fresh database per test.
+
+The database is SQLite in the server home, or, when XW_TEST_DATABASE_URL names a PostgreSQL server
+(postgresql+asyncpg://user@host:port/db), a database created for the test and dropped after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import make_url
+
+from client.api import XWClient
+from client.config import ClientConfig
+from common.enums import UserRights
+from common.schemas import UserIn
+from server.app import RunningServer, start
+from server.home import init_home
+from server.settings import ServerSettings, load_settings
+
+PG_URL = os.environ.get("XW_TEST_DATABASE_URL", "")
+PASSWORD = "correct horse battery"
+
+
+async def _pg(url: str, sql: str) -> None:
+    import asyncpg
+
+    u = make_url(url)
+    conn = await asyncpg.connect(host=u.host, port=u.port, user=u.username, password=u.password,
+                                 database=u.database or "postgres")
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def database_url() -> AsyncIterator[str]:
+    """'' for SQLite in the home, or a fresh PostgreSQL database."""
+    if not PG_URL:
+        yield ""
+        return
+    name = "xwt_" + uuid.uuid4().hex[:12]
+    await _pg(PG_URL, f'CREATE DATABASE "{name}"')
+    try:
+        yield make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        await _pg(PG_URL, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@dataclass
+class Grid:
+    """A running server and ways to act on it as various users."""
+
+    settings: ServerSettings
+    server: RunningServer
+    admin_cfg: ClientConfig
+    clients: list[XWClient] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    @property
+    def home(self) -> Path:
+        return self.settings.home
+
+    def config(self, **kw: object) -> ClientConfig:
+        base: dict[str, object] = {"server": self.url, "ca": self.settings.ca_cert}
+        base.update(kw)
+        return ClientConfig(**base)  # type: ignore[arg-type]
+
+    def client(self, cfg: ClientConfig) -> XWClient:
+        xw = XWClient(cfg)
+        self.clients.append(xw)
+        return xw
+
+    @property
+    def admin(self) -> XWClient:
+        return self.client(self.admin_cfg)
+
+    async def add_user(self, login: str, rights: UserRights = UserRights.STANDARD_USER,
+                       group: str | None = None, by: XWClient | None = None) -> XWClient:
+        """Create a user (as admin unless ``by``) and return a client logged in as that user."""
+        creator = by or self.admin
+        await creator.create_user(UserIn(login=login, password=PASSWORD, email=f"{login}@example.org",
+                                         rights=rights, usergroup=group))
+        return self.client(self.config(login=login, password=PASSWORD))
+
+    def write_client_conf(self, path: Path, **kw: str) -> Path:
+        from common.config import dump_flat_toml
+
+        path.write_text(dump_flat_toml({"server": self.url, "ca": str(self.settings.ca_cert), **kw}))
+        return path
+
+
+@pytest.fixture(scope="session")
+def template_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One initialised SQLite home, copied for each test (CA, keys and migrations made once)."""
+    home = tmp_path_factory.mktemp("template") / "home"
+    init_home(home, host="127.0.0.1", port=0)
+    return home
+
+
+def _admin_password(home: Path) -> str:
+    from common.config import read_toml
+
+    return str(read_toml(home / "admin.conf")["password"])
+
+
+@pytest.fixture
+async def grid(tmp_path: Path, template_home: Path, database_url: str) -> AsyncIterator[Grid]:
+    """A fresh server on 127.0.0.1:0."""
+    home = tmp_path / "server"
+    if database_url:
+        await asyncio.to_thread(init_home, home, host="127.0.0.1", port=0, database_url=database_url)
+    else:
+        shutil.copytree(template_home, home)
+    settings = load_settings(home)
+    server = await start(settings, migrate=False)  # both homes are migrated already
+    admin_cfg = ClientConfig(server=server.url, ca=settings.ca_cert, login="admin",
+                             password=_admin_password(home))
+    g = Grid(settings, server, admin_cfg)
+    try:
+        yield g
+    finally:
+        for xw in g.clients:
+            await xw.aclose()
+        await server.aclose()
