@@ -84,8 +84,9 @@ class XWClient:
 
     async def login(self, login: str, password: str) -> TokenResponse:
         """Exchange a password for a token (the library does this itself when configured)."""
-        return await self._call("POST", "/auth/token", TokenResponse, json={"login": login, "password": password},
-                                auth=False)
+        return await self._call(
+            "POST", "/auth/token", TokenResponse, json={"login": login, "password": password}, auth=False
+        )
 
     async def open(self, req: ApiRequest, *, auth: bool = True) -> ApiResponse:
         """Send a request and return the open response, raising the server's problem as an XWError."""
@@ -104,26 +105,39 @@ class XWClient:
             return resp
         raise AssertionError("unreachable")
 
-    async def _call(self, method: str, path: str, model: type[M] | None, *, json: Any = None,
-                    params: dict[str, str] | None = None, auth: bool = True) -> Any:
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        model: type[M],
+        *,
+        json: Any = None,
+        params: dict[str, str] | None = None,
+        auth: bool = True,
+    ) -> M:
         resp = await self.open(ApiRequest(method, path, params=params or {}, json=json), auth=auth)
         try:
-            if model is None or resp.status == 204:
-                return None
             return model.model_validate(await resp.json())
         finally:
             await resp.aclose()
 
-    async def _page(self, path: str, model: type[M], params: dict[str, str]) -> Page[M]:
-        page: Page[M] = await self._call("GET", path, Page[model], params=params)  # type: ignore[valid-type]
-        return page
+    async def _send(self, method: str, path: str) -> None:
+        """A call whose answer has no body (DELETE)."""
+        resp = await self.open(ApiRequest(method, path))
+        await resp.aclose()
 
-    async def iterate(self, path: str, model: type[M], params: dict[str, str] | None = None,
-                      page_size: int = 500) -> AsyncIterator[M]:
+    async def _page(self, path: str, model: type[M], params: dict[str, str]) -> Page[M]:
+        return await self._call("GET", path, Page[model], params=params)  # type: ignore[valid-type]
+
+    async def iterate(
+        self, path: str, model: type[M], params: dict[str, str] | None = None, page_size: int = 500
+    ) -> AsyncIterator[M]:
         """Every item of a list, page after page."""
         offset = 0
         while True:
-            page = await self._page(path, model, {**(params or {}), "offset": str(offset), "limit": str(page_size)})
+            page = await self._page(
+                path, model, {**(params or {}), "offset": str(offset), "limit": str(page_size)}
+            )
             for item in page.items:
                 yield item
             offset += len(page.items)
@@ -136,16 +150,13 @@ class XWClient:
     # --- misc -------------------------------------------------------------------------------------
 
     async def version(self) -> Version:
-        result: Version = await self._call("GET", "/version", Version, auth=False)
-        return result
+        return await self._call("GET", "/version", Version, auth=False)
 
     async def ping(self) -> Ping:
-        result: Ping = await self._call("GET", "/ping", Ping)
-        return result
+        return await self._call("GET", "/ping", Ping)
 
     async def sign_csr(self, csr_pem: str) -> CertResponse:
-        result: CertResponse = await self._call("POST", "/auth/csr", CertResponse, json={"csr": csr_pem})
-        return result
+        return await self._call("POST", "/auth/csr", CertResponse, json={"csr": csr_pem})
 
     async def resolve(self, kind: str, ref: str) -> str:
         """A uid from a uid, an xw:// URI, or a name unique among the objects we can see."""
@@ -160,9 +171,9 @@ class XWClient:
                 groups = [g for g in await self.all("/usergroups", UserGroupOut) if g.label == ref]
                 return _one(kind, ref, [g.uid for g in groups])
             raise NotFound(f"{ref!r} is neither a uid nor an xw:// URI")
-        model: type[BaseModel] = {"app": AppOut, "data": DataOut, "user": UserOut, "work": JobOut}[kind]
+        model: Any = {"app": AppOut, "data": DataOut, "user": UserOut, "work": JobOut}[kind]
         page = await self._page(KIND_PATHS[kind], model, {key: ref, "limit": "2"})
-        return _one(kind, ref, [str(getattr(item, "uid")) for item in page.items])
+        return _one(kind, ref, [str(item.uid) for item in page.items])
 
     async def find(self, ref: str) -> ObjectRef:
         """What kind of object a uid or URI names."""
@@ -170,15 +181,13 @@ class XWClient:
         uid = uri.uid if uri else ref.lower()
         if not is_uid(uid):
             raise ValidationFailed(f"{ref!r} is not a uid or xw:// URI")
-        result: ObjectRef = await self._call("GET", f"/objects/{uid}", ObjectRef)
-        return result
+        return await self._call("GET", f"/objects/{uid}", ObjectRef)
 
     async def chmod(self, uid: str, mode: str) -> ObjectRef:
-        result: ObjectRef = await self._call("POST", f"/objects/{uid}/chmod", ObjectRef, json={"mode": mode})
-        return result
+        return await self._call("POST", f"/objects/{uid}/chmod", ObjectRef, json={"mode": mode})
 
     async def remove(self, uid: str) -> None:
-        await self._call("DELETE", f"/objects/{uid}", None)
+        await self._send("DELETE", f"/objects/{uid}")
 
     async def events(self, *, object_uid: str | None = None, after: int | None = None) -> list[EventOut]:
         params = {k: v for k, v in (("object", object_uid), ("after", str(after) if after else None)) if v}
@@ -190,21 +199,18 @@ class XWClient:
         return await self.all("/users", UserOut, filters)
 
     async def create_user(self, user: UserIn) -> UserOut:
-        result: UserOut = await self._call("POST", "/users", UserOut, json=user.model_dump(mode="json"))
-        return result
+        return await self._call("POST", "/users", UserOut, json=user.model_dump(mode="json"))
 
     async def patch_user(self, uid: str, patch: UserPatch) -> UserOut:
-        result: UserOut = await self._call("PATCH", f"/users/{uid}", UserOut,
-                                           json=patch.model_dump(mode="json", exclude_none=True))
-        return result
+        return await self._call(
+            "PATCH", f"/users/{uid}", UserOut, json=patch.model_dump(mode="json", exclude_none=True)
+        )
 
     async def usergroups(self) -> list[UserGroupOut]:
         return await self.all("/usergroups", UserGroupOut)
 
     async def create_usergroup(self, group: UserGroupIn) -> UserGroupOut:
-        result: UserGroupOut = await self._call("POST", "/usergroups", UserGroupOut,
-                                                json=group.model_dump(mode="json"))
-        return result
+        return await self._call("POST", "/usergroups", UserGroupOut, json=group.model_dump(mode="json"))
 
     # --- apps -------------------------------------------------------------------------------------
 
@@ -212,13 +218,10 @@ class XWClient:
         return await self.all("/apps", AppOut, filters)
 
     async def get_app(self, uid: str) -> AppOut:
-        result: AppOut = await self._call("GET", f"/apps/{uid}", AppOut)
-        return result
+        return await self._call("GET", f"/apps/{uid}", AppOut)
 
     async def send_app(self, app: AppIn) -> AppOut:
-        result: AppOut = await self._call("POST", "/apps", AppOut, json=app.model_dump(mode="json",
-                                                                                           exclude_none=True))
-        return result
+        return await self._call("POST", "/apps", AppOut, json=app.model_dump(mode="json", exclude_none=True))
 
     # --- data -------------------------------------------------------------------------------------
 
@@ -226,25 +229,31 @@ class XWClient:
         return await self.all("/data", DataOut, filters)
 
     async def get_data(self, uid: str) -> DataOut:
-        result: DataOut = await self._call("GET", f"/data/{uid}", DataOut)
-        return result
+        return await self._call("GET", f"/data/{uid}", DataOut)
 
     async def create_data(self, data: DataIn) -> DataOut:
-        result: DataOut = await self._call("POST", "/data", DataOut, json=data.model_dump(mode="json",
-                                                                                           exclude_none=True))
-        return result
+        return await self._call(
+            "POST", "/data", DataOut, json=data.model_dump(mode="json", exclude_none=True)
+        )
 
     async def upload(self, uid: str, path: Path, progress: Progress | None = None) -> DataOut:
         """Stream a file as a data object's content."""
-        resp = await self.open(ApiRequest("PUT", f"/data/{uid}/content", content=_file_chunks(path, progress),
-                                          headers={"Content-Type": "application/octet-stream"}))
+        resp = await self.open(
+            ApiRequest(
+                "PUT",
+                f"/data/{uid}/content",
+                content=_file_chunks(path, progress),
+                headers={"Content-Type": "application/octet-stream"},
+            )
+        )
         try:
             return DataOut.model_validate(await resp.json())
         finally:
             await resp.aclose()
 
-    async def send_file(self, path: Path, name: str | None = None, progress: Progress | None = None,
-                        **fields: Any) -> DataOut:
+    async def send_file(
+        self, path: Path, name: str | None = None, progress: Progress | None = None, **fields: Any
+    ) -> DataOut:
         """Create a data object from a file (declaring size and sha256) and upload it; undo on failure."""
         digest, size = await asyncio.to_thread(file_sha256, path)
         data = await self.create_data(DataIn(name=name or path.name, size=size, sha256=digest, **fields))
@@ -256,7 +265,7 @@ class XWClient:
 
     async def _forget(self, uid: str) -> None:
         try:
-            await self._call("DELETE", f"/data/{uid}", None)
+            await self._send("DELETE", f"/data/{uid}")
         except XWError:
             pass
 
@@ -284,16 +293,13 @@ class XWClient:
     # --- jobs -------------------------------------------------------------------------------------
 
     async def submit(self, job: JobIn) -> JobOut:
-        result: JobOut = await self._call("POST", "/jobs", JobOut, json=job.model_dump(mode="json",
-                                                                                        exclude_none=True))
-        return result
+        return await self._call("POST", "/jobs", JobOut, json=job.model_dump(mode="json", exclude_none=True))
 
     async def jobs(self, **filters: str) -> list[JobOut]:
         return await self.all("/jobs", JobOut, filters)
 
     async def get_job(self, uid: str) -> JobOut:
-        result: JobOut = await self._call("GET", f"/jobs/{uid}", JobOut)
-        return result
+        return await self._call("GET", f"/jobs/{uid}", JobOut)
 
 
 def _one(kind: str, ref: str, uids: list[str]) -> str:

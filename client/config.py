@@ -55,9 +55,15 @@ def load_config(path: str | Path | None = None) -> ClientConfig:
         value = values.get(key)
         return (base / str(value)).expanduser() if value else None
 
-    cfg = ClientConfig(server=str(server).rstrip("/"), ca=_path("ca"), login=_opt(values.get("login")),
-                       password=_opt(values.get("password")), cert=_path("cert"), key=_path("key"),
-                       source=file if file.exists() else None)
+    cfg = ClientConfig(
+        server=str(server).rstrip("/"),
+        ca=_path("ca"),
+        login=_opt(values.get("login")),
+        password=_opt(values.get("password")),
+        cert=_path("cert"),
+        key=_path("key"),
+        source=file if file.exists() else None,
+    )
     if os.environ.get("XW_LOGIN"):
         cfg = replace(cfg, login=os.environ["XW_LOGIN"], cert=None, key=None)
     if os.environ.get("XW_PASSWORD"):

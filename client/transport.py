@@ -78,18 +78,27 @@ class HttpTransport:
         self.base = cfg.server + "/api/v1"
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(ssl=client_ssl_context(cfg), limit=limit),
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=300))
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=300),
+        )
 
     async def handle(self, req: ApiRequest) -> ApiResponse:
         try:
-            raw = await self._session.request(req.method, self.base + req.path, params=req.params or None,
-                                              json=req.json, data=req.content, headers=req.headers)
+            raw = await self._session.request(
+                req.method,
+                self.base + req.path,
+                params=req.params or None,
+                json=req.json,
+                data=req.content,
+                headers=req.headers,
+            )
         except aiohttp.ClientConnectorCertificateError as exc:
             raise TransportError(f"cannot verify the server's certificate: {exc.certificate_error}") from None
         except aiohttp.ClientSSLError as exc:
             raise TransportError(f"TLS handshake with {self.base} failed: {_ssl_reason(exc)}") from None
         except aiohttp.ServerDisconnectedError:
-            raise TransportError(f"{self.base} closed the connection (was the client certificate refused?)") from None
+            raise TransportError(
+                f"{self.base} closed the connection (was the client certificate refused?)"
+            ) from None
         except aiohttp.ClientConnectorError as exc:
             raise TransportError(f"cannot reach {self.base}: {exc.os_error.strerror or exc}") from None
         except (aiohttp.ClientError, OSError) as exc:
@@ -102,10 +111,12 @@ class HttpTransport:
 
 def _ssl_reason(exc: BaseException) -> str:
     text = str(exc)
-    for marker, reason in (("unknown ca", "the server does not trust our client certificate (unknown CA)"),
-                           ("certificate expired", "a certificate has expired"),
-                           ("bad certificate", "the server refused our client certificate"),
-                           ("certificate required", "the server requires a client certificate")):
+    for marker, reason in (
+        ("unknown ca", "the server does not trust our client certificate (unknown CA)"),
+        ("certificate expired", "a certificate has expired"),
+        ("bad certificate", "the server refused our client certificate"),
+        ("certificate required", "the server requires a client certificate"),
+    ):
         if marker in text.lower():
             return reason
     return text or type(exc).__name__

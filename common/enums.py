@@ -68,7 +68,9 @@ class OS(StrEnum):
         try:
             return cls(up)
         except ValueError:
-            raise ValueError(f"unknown OS {text!r} (expected one of {', '.join(o.value for o in cls)})") from None
+            raise ValueError(
+                f"unknown OS {text!r} (expected one of {', '.join(o.value for o in cls)})"
+            ) from None
 
 
 class CPU(StrEnum):
@@ -85,13 +87,23 @@ class CPU(StrEnum):
     def parse(cls, text: str) -> CPU:
         """Parse a CPU name, accepting common spellings such as x86_64 and aarch64."""
         up = text.strip().upper()
-        aliases = {"X86_64": "AMD64", "X86-64": "AMD64", "I386": "IX86", "I686": "IX86", "X86": "IX86",
-                   "AARCH64": "ARM64", "ARMV7L": "ARM", "PPC64": "PPC"}
+        aliases = {
+            "X86_64": "AMD64",
+            "X86-64": "AMD64",
+            "I386": "IX86",
+            "I686": "IX86",
+            "X86": "IX86",
+            "AARCH64": "ARM64",
+            "ARMV7L": "ARM",
+            "PPC64": "PPC",
+        }
         up = aliases.get(up, up)
         try:
             return cls(up)
         except ValueError:
-            raise ValueError(f"unknown CPU {text!r} (expected one of {', '.join(c.value for c in cls)})") from None
+            raise ValueError(
+                f"unknown CPU {text!r} (expected one of {', '.join(c.value for c in cls)})"
+            ) from None
 
 
 class ObjectKind(StrEnum):

@@ -119,15 +119,25 @@ class TransportError(XWError):
 
 _BY_CODE: dict[str, type[XWError]] = {
     cls.code: cls
-    for cls in (XWError, BadRequest, ValidationFailed, Unauthorized, Forbidden, NotFound, Conflict,
-                IllegalTransition, PayloadTooLarge, TransportError)
+    for cls in (
+        XWError,
+        BadRequest,
+        ValidationFailed,
+        Unauthorized,
+        Forbidden,
+        NotFound,
+        Conflict,
+        IllegalTransition,
+        PayloadTooLarge,
+        TransportError,
+    )
 }
 
 
 def from_problem(doc: dict[str, Any], status: int) -> XWError:
     """Rebuild an error from a problem+json document (unknown types map by HTTP status)."""
     typ = str(doc.get("type", ""))
-    code = typ[len(PROBLEM_BASE):] if typ.startswith(PROBLEM_BASE) else ""
+    code = typ[len(PROBLEM_BASE) :] if typ.startswith(PROBLEM_BASE) else ""
     cls = _BY_CODE.get(code)
     if cls is None:
         cls = next((c for c in _BY_CODE.values() if c.status == status), XWError)

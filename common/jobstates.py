@@ -1,10 +1,9 @@
 """The job state machine: one pure table of (status, trigger) -> status. No I/O, no clock.
 
-    UNAVAILABLE --inputs_ready--> PENDING --claim--> RUNNING --complete--> COMPLETED
-                                     ^                 |  \\--result_pending--> DATAREQUEST --complete--> COMPLETED
-                                     |   lose/abort    |
-                                     +-----------------+   (retry += 1; past max_retries -> ERROR)
-    any non-final --hold--> WAITING --release--> PENDING;  any non-final --fail--> ERROR
+UNAVAILABLE --inputs_ready--> PENDING --claim--> RUNNING --complete--> COMPLETED
+RUNNING --result_pending--> DATAREQUEST --complete--> COMPLETED
+RUNNING or DATAREQUEST --lose/abort--> PENDING   (retry += 1; past max_retries -> ERROR)
+any non-final --hold--> WAITING --release--> PENDING;  any non-final --fail--> ERROR
 """
 
 from __future__ import annotations
@@ -73,8 +72,9 @@ def advance(status: S, trigger: Trigger, *, retry: int = 0, max_retries: int = 1
     """
     target = _TABLE.get((status, trigger))
     if target is None:
-        raise IllegalTransition(f"a {status.value} job cannot {trigger.value}", job_status=status.value,
-                                trigger=trigger.value)
+        raise IllegalTransition(
+            f"a {status.value} job cannot {trigger.value}", job_status=status.value, trigger=trigger.value
+        )
     if trigger in _RETRYING:
         retry += 1
         if retry > max_retries:

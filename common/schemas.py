@@ -68,6 +68,7 @@ class Page(Model, Generic[T]):
 
 # --- auth -----------------------------------------------------------------------------------------
 
+
 class TokenRequest(Model):
     login: Annotated[str, Field(min_length=1, max_length=MAX_NAME)]
     password: Annotated[str, Field(min_length=1, max_length=1024)]
@@ -102,6 +103,7 @@ class Ping(Model):
 
 
 # --- users and groups -----------------------------------------------------------------------------
+
 
 class UserIn(Model):
     login: Name
@@ -139,6 +141,7 @@ class UserGroupOut(Owned):
 
 
 # --- apps and data --------------------------------------------------------------------------------
+
 
 class Binary(Model):
     os: OS
@@ -186,6 +189,7 @@ class DataOut(Owned):
 
 
 # --- jobs -----------------------------------------------------------------------------------------
+
 
 class ForwardAddress(Model):
     address: Annotated[str, Field(min_length=1, max_length=512)]
@@ -242,6 +246,7 @@ class ObjectRef(Model):
 
 
 # --- events ---------------------------------------------------------------------------------------
+
 
 class EventOut(Model):
     id: int

@@ -31,7 +31,7 @@ def parse_uri(text: str) -> XWUri | None:
     """Parse ``xw://server/uid``; None if ``text`` is not such a URI."""
     if not text.startswith(SCHEME):
         return None
-    rest = text[len(SCHEME):]
+    rest = text[len(SCHEME) :]
     server, sep, uid = rest.rpartition("/")
     if not sep or not server or not is_uid(uid):
         raise ValueError(f"malformed xw:// URI {text!r} (expected xw://<server>/<uid>)")

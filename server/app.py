@@ -21,22 +21,34 @@ from server.tokens import TokenSigner
 
 logger = logging.getLogger(__name__)
 
-ROUTE_TABLES: list[Routes] = [auth.routes, users.routes, apps.routes, data.routes, jobs.routes, objects.routes]
+ROUTE_TABLES: list[Routes] = [
+    auth.routes,
+    users.routes,
+    apps.routes,
+    data.routes,
+    jobs.routes,
+    objects.routes,
+]
 
 
 def create_app(settings: ServerSettings, *, migrate: bool = True) -> web.Application:
     """A server application for ``settings``; resources open and close with the app's lifecycle."""
-    app = web.Application(middlewares=[problem_middleware, auth_middleware],
-                          client_max_size=settings.max_json_bytes)
+    app = web.Application(
+        middlewares=[problem_middleware, auth_middleware], client_max_size=settings.max_json_bytes
+    )
 
     async def services_ctx(app: web.Application) -> AsyncIterator[None]:
         if migrate:
             await upgrade(settings.db_url)
         engine = make_engine(settings.db_url)
         app[SERVICES] = Services(
-            settings=settings, engine=engine, sessions=make_sessionmaker(engine),
+            settings=settings,
+            engine=engine,
+            sessions=make_sessionmaker(engine),
             signer=TokenSigner.from_file(settings.jwt_key, settings.token_ttl),
-            ca=CA.load(settings.ca_cert, settings.ca_key), store=DataStore(settings.store_dir))
+            ca=CA.load(settings.ca_cert, settings.ca_key),
+            store=DataStore(settings.store_dir),
+        )
         try:
             yield
         finally:
@@ -68,10 +80,11 @@ async def start(settings: ServerSettings, *, migrate: bool = True) -> RunningSer
     """Start serving HTTPS on settings.host:settings.port (0 picks a free port)."""
     runner = web.AppRunner(create_app(settings, migrate=migrate), access_log=None, handler_cancellation=True)
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port, ssl_context=server_ssl_context(settings),
-                       backlog=1024)
+    site = web.TCPSite(
+        runner, settings.host, settings.port, ssl_context=server_ssl_context(settings), backlog=1024
+    )
     await site.start()
-    server = site._server
-    assert server is not None and server.sockets, "site did not bind"  # type: ignore[union-attr]
-    port = int(server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+    sockets = getattr(site._server, "sockets", None)
+    assert sockets, "site did not bind"
+    port = int(sockets[0].getsockname()[1])
     return RunningServer(runner, settings.host, port)

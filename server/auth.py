@@ -32,7 +32,9 @@ def server_ssl_context(settings: ServerSettings) -> ssl.SSLContext:
     ctx.verify_mode = ssl.CERT_OPTIONAL
     ctx.load_verify_locations(cafile=str(settings.ca_cert))
     if settings.extra_ca_dir:
-        for pem in sorted(Path(settings.extra_ca_dir).glob("*.pem")) + sorted(Path(settings.extra_ca_dir).glob("*.crt")):
+        for pem in sorted(Path(settings.extra_ca_dir).glob("*.pem")) + sorted(
+            Path(settings.extra_ca_dir).glob("*.crt")
+        ):
             ctx.load_verify_locations(cafile=str(pem))
     return ctx
 
@@ -50,8 +52,9 @@ def peer_subject(request: web.Request) -> str | None:
 
 
 def actor_from_user(user: User, how: str) -> Actor:
-    return Actor(uid=user.uid, login=user.login, rights=UserRights(user.rights), group_uid=user.usergroup_uid,
-                 auth=how)
+    return Actor(
+        uid=user.uid, login=user.login, rights=UserRights(user.rights), group_uid=user.usergroup_uid, auth=how
+    )
 
 
 async def authenticate(request: web.Request) -> Actor:
@@ -71,11 +74,15 @@ async def authenticate(request: web.Request) -> Actor:
     subject = peer_subject(request)
     if subject is not None:
         async with svc.sessions() as session:
-            user = (await session.execute(select(User).where(User.cert_subject == subject))).scalar_one_or_none()
+            user = (
+                await session.execute(select(User).where(User.cert_subject == subject))
+            ).scalar_one_or_none()
         if user is None:
             raise Unauthorized(f"certificate subject {subject!r} is not mapped to any user")
         return actor_from_user(user, "certificate")
-    raise Unauthorized("no credentials: present a client certificate or a bearer token from POST /api/v1/auth/token")
+    raise Unauthorized(
+        "no credentials: present a client certificate or a bearer token from POST /api/v1/auth/token"
+    )
 
 
 @web.middleware

@@ -110,8 +110,11 @@ def can_administer(actor: Actor, obj: OwnedMixin) -> bool:
     """Owner-level control (chmod): the owner, a super user, or the group administrator of its group."""
     if actor.rights is UserRights.SUPER_USER or obj.owner_uid == actor.uid:
         return True
-    return (actor.rights is UserRights.ADVANCED_USER and obj.group_uid is not None
-            and obj.group_uid == actor.group_uid)
+    return (
+        actor.rights is UserRights.ADVANCED_USER
+        and obj.group_uid is not None
+        and obj.group_uid == actor.group_uid
+    )
 
 
 def require_may_list(actor: Actor, what: str) -> None:
@@ -126,8 +129,12 @@ def require_may_insert(actor: Actor, what: str) -> None:
         raise Forbidden(f"worker users cannot create {what}")
 
 
-_LEVEL = {UserRights.WORKER_USER: 0, UserRights.STANDARD_USER: 1, UserRights.ADVANCED_USER: 2,
-          UserRights.SUPER_USER: 3}
+_LEVEL = {
+    UserRights.WORKER_USER: 0,
+    UserRights.STANDARD_USER: 1,
+    UserRights.ADVANCED_USER: 2,
+    UserRights.SUPER_USER: 3,
+}
 
 
 def require_may_create_user(actor: Actor, rights: UserRights, group_uid: str | None) -> None:

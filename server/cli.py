@@ -26,10 +26,17 @@ def cli() -> None:
 @cli.command()
 @click.option("--dir", "home", type=click.Path(path_type=Path), required=True, help="Server home to create.")
 @click.option("--host", default=DEFAULT_HOST, show_default=True, help="Address to listen on.")
-@click.option("--port", default=DEFAULT_PORT, show_default=True, type=click.IntRange(0, 65535),
-              help="Port (0: any free port).")
+@click.option(
+    "--port",
+    default=DEFAULT_PORT,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="Port (0: any free port).",
+)
 @click.option("--public-name", default="", help="Name clients use for this server (xw:// URIs, certificate).")
-@click.option("--database-url", envvar="XW_DATABASE_URL", default="", help="SQLAlchemy URL (default: SQLite in DIR).")
+@click.option(
+    "--database-url", envvar="XW_DATABASE_URL", default="", help="SQLAlchemy URL (default: SQLite in DIR)."
+)
 def init(home: Path, host: str, port: int, public_name: str, database_url: str) -> None:
     """Create a server home: settings, CA, server certificate, database, administrator."""
     try:
@@ -43,14 +50,22 @@ def init(home: Path, host: str, port: int, public_name: str, database_url: str) 
 @cli.command()
 @click.option("--dir", "home", type=click.Path(path_type=Path), required=True, help="Server home.")
 @click.option("--host", default=None, help="Override the listen address.")
-@click.option("--port", default=None, type=click.IntRange(0, 65535), help="Override the port (0: any free port).")
-@click.option("--database-url", envvar="XW_DATABASE_URL", default=None, help="SQLAlchemy URL (PostgreSQL: "
-              "postgresql+asyncpg://...).")
+@click.option(
+    "--port", default=None, type=click.IntRange(0, 65535), help="Override the port (0: any free port)."
+)
+@click.option(
+    "--database-url",
+    envvar="XW_DATABASE_URL",
+    default=None,
+    help="SQLAlchemy URL (PostgreSQL: postgresql+asyncpg://...).",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def run(home: Path, host: str | None, port: int | None, database_url: str | None, verbose: bool) -> None:
     """Serve a server home until SIGINT/SIGTERM."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     try:
         settings = load_settings(home, host=host, port=port, database_url=database_url)
     except (FileNotFoundError, ValueError) as exc:
@@ -83,7 +98,9 @@ async def _serve(settings: object) -> None:
 @cli.command("issue-cert")
 @click.option("--dir", "home", type=click.Path(path_type=Path), required=True, help="Server home.")
 @click.option("--user", "login", required=True, help="Login the certificate authenticates.")
-@click.option("--out", "prefix", type=click.Path(path_type=Path), required=True, help="Writes PREFIX.crt, PREFIX.key.")
+@click.option(
+    "--out", "prefix", type=click.Path(path_type=Path), required=True, help="Writes PREFIX.crt, PREFIX.key."
+)
 def issue_cert(home: Path, login: str, prefix: Path) -> None:
     """Issue a client certificate from the server CA for an existing user."""
     try:

@@ -23,16 +23,32 @@ from server.tokens import create_key
 ADMIN_LOGIN = "admin"
 
 
-def init_home(home: Path, *, host: str, port: int, database_url: str = "", public_name: str = "",
-              extra_hosts: tuple[str, ...] = ()) -> ServerSettings:
+def init_home(
+    home: Path,
+    *,
+    host: str,
+    port: int,
+    database_url: str = "",
+    public_name: str = "",
+    extra_hosts: tuple[str, ...] = (),
+) -> ServerSettings:
     """Create a self-contained server home in ``home``; refuse to overwrite an existing one."""
     home = home.resolve()
     if (home / SETTINGS_FILE).exists():
         raise FileExistsError(f"{home} already holds a server home")
     home.mkdir(parents=True, exist_ok=True)
     home.chmod(0o700)
-    write_private(home / SETTINGS_FILE, dump_flat_toml({
-        "host": host, "port": port, "public_name": public_name or None, "database_url": database_url or None}))
+    write_private(
+        home / SETTINGS_FILE,
+        dump_flat_toml(
+            {
+                "host": host,
+                "port": port,
+                "public_name": public_name or None,
+                "database_url": database_url or None,
+            }
+        ),
+    )
     settings = load_settings(home)
     ca = create_ca(f"xwhep CA {public_name or host}")
     ca.save(settings.ca_cert, settings.ca_key)
@@ -47,16 +63,40 @@ def init_home(home: Path, *, host: str, port: int, database_url: str = "", publi
     upgrade_sync(settings.db_url)
     password = secrets.token_urlsafe(18)
     asyncio.run(add_user(settings.db_url, ADMIN_LOGIN, password, UserRights.SUPER_USER))
-    write_client_conf(settings.admin_conf, url=f"https://{host}:{port}", ca=settings.ca_cert, login=ADMIN_LOGIN,
-                      password=password)
+    write_client_conf(
+        settings.admin_conf,
+        url=f"https://{host}:{port}",
+        ca=settings.ca_cert,
+        login=ADMIN_LOGIN,
+        password=password,
+    )
     return settings
 
 
-def write_client_conf(path: Path, *, url: str, ca: Path, login: str | None = None, password: str | None = None,
-                      cert: Path | None = None, key: Path | None = None) -> None:
+def write_client_conf(
+    path: Path,
+    *,
+    url: str,
+    ca: Path,
+    login: str | None = None,
+    password: str | None = None,
+    cert: Path | None = None,
+    key: Path | None = None,
+) -> None:
     """A client config file (private: it may hold a password)."""
-    write_private(path, dump_flat_toml({"server": url, "ca": str(ca), "login": login, "password": password,
-                                        "cert": str(cert) if cert else None, "key": str(key) if key else None}))
+    write_private(
+        path,
+        dump_flat_toml(
+            {
+                "server": url,
+                "ca": str(ca),
+                "login": login,
+                "password": password,
+                "cert": str(cert) if cert else None,
+                "key": str(key) if key else None,
+            }
+        ),
+    )
 
 
 def set_conf_server(path: Path, url: str) -> None:
@@ -73,8 +113,17 @@ async def add_user(db_url: str, login: str, password: str, rights: UserRights) -
         async with make_sessionmaker(engine)() as session, session.begin():
             uid = new_uid()
             hashed = await asyncio.to_thread(hash_password, password)
-            session.add(User(uid=uid, owner_uid=uid, group_uid=None, access_rights=PRIVATE, login=login,
-                             password_hash=hashed, rights=rights.value))
+            session.add(
+                User(
+                    uid=uid,
+                    owner_uid=uid,
+                    group_uid=None,
+                    access_rights=PRIVATE,
+                    login=login,
+                    password_hash=hashed,
+                    rights=rights.value,
+                )
+            )
         return uid
     finally:
         await engine.dispose()

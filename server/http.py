@@ -6,7 +6,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel
@@ -49,16 +49,41 @@ class Routes:
         self.tag = tag
         self.specs: list[RouteSpec] = []
 
-    def add(self, method: str, path: str, *, summary: str, body: type[BaseModel] | None = None,
-            response: type[BaseModel] | None = None, status: int = 200, public: bool = False,
-            query: dict[str, str] | None = None, raw_body: str | None = None,
-            raw_response: str | None = None) -> Callable[[Handler], Handler]:
+    def add(
+        self,
+        method: str,
+        path: str,
+        *,
+        summary: str,
+        body: type[BaseModel] | None = None,
+        response: type[BaseModel] | None = None,
+        status: int = 200,
+        public: bool = False,
+        query: dict[str, str] | None = None,
+        raw_body: str | None = None,
+        raw_response: str | None = None,
+    ) -> Callable[[Handler], Handler]:
         def deco(handler: Handler) -> Handler:
-            self.specs.append(RouteSpec(method, API_PREFIX + path, handler, summary, self.tag, body, response,
-                                        status, public, query or {}, raw_body, raw_response))
+            self.specs.append(
+                RouteSpec(
+                    method,
+                    API_PREFIX + path,
+                    handler,
+                    summary,
+                    self.tag,
+                    body,
+                    response,
+                    status,
+                    public,
+                    query or {},
+                    raw_body,
+                    raw_response,
+                )
+            )
             if public:
                 handler.xw_public = True  # type: ignore[attr-defined]
             return handler
+
         return deco
 
     def install(self, app: web.Application) -> None:
@@ -93,12 +118,18 @@ def _describe(exc: PydanticError) -> str:
     parts = []
     for err in exc.errors()[:5]:
         loc = ".".join(str(p) for p in err["loc"]) or "body"
-        parts.append(f"{loc}: {err['msg']}")
+        parts.append(f"{loc}: {_msg(err['msg'])}")
     return "; ".join(parts)
 
 
+def _msg(text: str) -> str:
+    return text.removeprefix("Value error, ")
+
+
 def _errors(exc: PydanticError) -> list[dict[str, str]]:
-    return [{"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]} for e in exc.errors()[:20]]
+    return [
+        {"field": ".".join(str(p) for p in e["loc"]), "message": _msg(e["msg"])} for e in exc.errors()[:20]
+    ]
 
 
 def reply(model: BaseModel, status: int = 200) -> web.Response:
@@ -134,15 +165,20 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        if exc.status == 404:
-            err: XWError = NotFound(f"no route {request.method} {request.path}")
-        elif exc.status == 413:
-            err = PayloadTooLarge(exc.reason)
-        else:
-            err = BadRequest(exc.reason)
-            return web.Response(text=json.dumps({**err.problem(), "status": exc.status}), status=exc.status,
-                                content_type=PROBLEM_TYPE)
-        return problem_response(err)
+        return _http_problem(request, exc)
     except Exception:
         logger.exception("unhandled error on %s %s", request.method, request.path)
         return problem_response(XWError("internal server error (see the server log)"))
+
+
+def _http_problem(request: web.Request, exc: web.HTTPException) -> web.Response:
+    """aiohttp's own errors (unknown route, wrong method, body too large) as problem+json."""
+    mapped: XWError
+    if exc.status == 404:
+        mapped = NotFound(f"no route {request.method} {request.path}")
+    elif exc.status == 413:
+        mapped = PayloadTooLarge(exc.reason)
+    else:
+        mapped = BadRequest(exc.reason)
+    doc = {**mapped.problem(), "status": exc.status}
+    return web.Response(text=json.dumps(doc), status=exc.status, content_type=PROBLEM_TYPE)

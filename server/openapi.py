@@ -9,13 +9,17 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from common import __version__
-from server.http import API_PREFIX, PROBLEM_TYPE, RouteSpec, Routes
+from server.http import API_PREFIX, PROBLEM_TYPE, Routes, RouteSpec
 
 PROBLEM_SCHEMA = {
     "type": "object",
     "required": ["type", "title", "status", "detail"],
-    "properties": {"type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"},
-                   "detail": {"type": "string"}},
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+    },
 }
 
 
@@ -24,7 +28,9 @@ def build(tables: list[Routes]) -> dict[str, Any]:
     specs = [s for t in tables for s in t.specs]
     models: set[type[BaseModel]] = {m for s in specs for m in (s.body, s.response) if m is not None}
     ordered = sorted(models, key=lambda m: m.__name__)
-    _, defs = models_json_schema([(m, "validation") for m in ordered], ref_template="#/components/schemas/{model}")
+    _, defs = models_json_schema(
+        [(m, "validation") for m in ordered], ref_template="#/components/schemas/{model}"
+    )
     schemas = dict(defs.get("$defs", {}))
     schemas["Problem"] = PROBLEM_SCHEMA
     paths: dict[str, dict[str, Any]] = {}
@@ -34,11 +40,13 @@ def build(tables: list[Routes]) -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "xwhep", "version": __version__},
         "servers": [{"url": API_PREFIX}],
-        "paths": {p[len(API_PREFIX):] or "/": ops for p, ops in sorted(paths.items())},
+        "paths": {p[len(API_PREFIX) :] or "/": ops for p, ops in sorted(paths.items())},
         "components": {
             "schemas": schemas,
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
-                                "mtls": {"type": "mutualTLS"}},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+                "mtls": {"type": "mutualTLS"},
+            },
         },
         "security": [{"bearer": []}, {"mtls": []}],
     }
@@ -49,28 +57,42 @@ def _ref(model: type[BaseModel]) -> dict[str, str]:
 
 
 def _operation(spec: RouteSpec) -> dict[str, Any]:
-    op: dict[str, Any] = {"summary": spec.summary, "tags": [spec.tag],
-                          "operationId": f"{spec.handler.__name__}"}
-    params = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-              for name in _path_params(spec.path)]
-    params += [{"name": name, "in": "query", "required": False, "description": desc, "schema": {"type": "string"}}
-               for name, desc in spec.query.items()]
+    op: dict[str, Any] = {
+        "summary": spec.summary,
+        "tags": [spec.tag],
+        "operationId": f"{spec.handler.__name__}",
+    }
+    params = [
+        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        for name in _path_params(spec.path)
+    ]
+    params += [
+        {"name": name, "in": "query", "required": False, "description": desc, "schema": {"type": "string"}}
+        for name, desc in spec.query.items()
+    ]
     if spec.response is not None and spec.response.__name__.startswith("Page"):
-        params += [{"name": n, "in": "query", "required": False, "schema": {"type": "integer"}}
-                   for n in ("offset", "limit")]
+        params += [
+            {"name": n, "in": "query", "required": False, "schema": {"type": "integer"}}
+            for n in ("offset", "limit")
+        ]
     if params:
         op["parameters"] = params
     if spec.body is not None:
         op["requestBody"] = {"required": True, "content": {"application/json": {"schema": _ref(spec.body)}}}
     elif spec.raw_body:
-        op["requestBody"] = {"required": True,
-                             "content": {spec.raw_body: {"schema": {"type": "string", "format": "binary"}}}}
+        op["requestBody"] = {
+            "required": True,
+            "content": {spec.raw_body: {"schema": {"type": "string", "format": "binary"}}},
+        }
     ok: dict[str, Any] = {"description": "success"}
     if spec.response is not None:
         ok["content"] = {"application/json": {"schema": _ref(spec.response)}}
     elif spec.raw_response:
         ok["content"] = {spec.raw_response: {"schema": {"type": "string", "format": "binary"}}}
-    problem = {"description": "error", "content": {PROBLEM_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}}}
+    problem = {
+        "description": "error",
+        "content": {PROBLEM_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+    }
     op["responses"] = {str(spec.status): ok, "4XX": problem}
     if spec.public:
         op["security"] = []

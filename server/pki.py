@@ -46,8 +46,9 @@ def new_key() -> ec.EllipticCurvePrivateKey:
 
 
 def key_pem(key: ec.EllipticCurvePrivateKey) -> str:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption()).decode()
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
 
 
 def cert_pem(cert: x509.Certificate) -> str:
@@ -61,8 +62,12 @@ def _now() -> dt.datetime:
 def create_ca(common_name: str, days: int = CA_DAYS) -> CA:
     """A self-signed CA able to sign leaf certificates only."""
     key = new_key()
-    name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, ORG),
-                      x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, ORG),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
     now = _now()
     cert = (
         x509.CertificateBuilder()
@@ -73,18 +78,36 @@ def create_ca(common_name: str, days: int = CA_DAYS) -> CA:
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                     content_commitment=False, key_encipherment=False, data_encipherment=False,
-                                     key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
     return CA(cert, key)
 
 
-def _leaf(ca: CA, subject: x509.Name, public_key: ec.EllipticCurvePublicKey | object, *, server: bool,
-          sans: list[x509.GeneralName] | None = None, days: int = CERT_DAYS,
-          not_before: dt.datetime | None = None) -> x509.Certificate:
+def _leaf(
+    ca: CA,
+    subject: x509.Name,
+    public_key: ec.EllipticCurvePublicKey | object,
+    *,
+    server: bool,
+    sans: list[x509.GeneralName] | None = None,
+    days: int = CERT_DAYS,
+    not_before: dt.datetime | None = None,
+) -> x509.Certificate:
     now = _now()
     start = not_before or now - dt.timedelta(minutes=5)
     usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
@@ -98,7 +121,9 @@ def _leaf(ca: CA, subject: x509.Name, public_key: ec.EllipticCurvePublicKey | ob
         .not_valid_after(start + dt.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), critical=False
+        )
     )
     if sans:
         builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
@@ -114,23 +139,34 @@ def issue_server_cert(ca: CA, hosts: list[str]) -> tuple[x509.Certificate, ec.El
             sans.append(x509.IPAddress(ipaddress.ip_address(host)))
         except ValueError:
             sans.append(x509.DNSName(host))
-    subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, ORG),
-                         x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])])
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, ORG),
+            x509.NameAttribute(NameOID.COMMON_NAME, hosts[0]),
+        ]
+    )
     return _leaf(ca, subject, key.public_key(), server=True, sans=sans), key
 
 
 def user_subject(login: str) -> x509.Name:
     """The subject the grid CA gives to ``login``'s certificates."""
-    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, ORG),
-                      x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "users"),
-                      x509.NameAttribute(NameOID.COMMON_NAME, login)])
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, ORG),
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "users"),
+            x509.NameAttribute(NameOID.COMMON_NAME, login),
+        ]
+    )
 
 
-def issue_user_cert(ca: CA, login: str, *, days: int = CERT_DAYS,
-                    not_before: dt.datetime | None = None) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+def issue_user_cert(
+    ca: CA, login: str, *, days: int = CERT_DAYS, not_before: dt.datetime | None = None
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     """A client certificate and key for ``login``."""
     key = new_key()
-    return _leaf(ca, user_subject(login), key.public_key(), server=False, days=days, not_before=not_before), key
+    return _leaf(
+        ca, user_subject(login), key.public_key(), server=False, days=days, not_before=not_before
+    ), key
 
 
 def sign_csr(ca: CA, csr_pem: str, login: str, days: int = CERT_DAYS) -> x509.Certificate:

@@ -88,7 +88,9 @@ def load_settings(home: Path, **overrides: Any) -> ServerSettings:
     home = home.resolve()
     path = home / SETTINGS_FILE
     if not path.exists():
-        raise FileNotFoundError(f"{home} is not a server home (no {SETTINGS_FILE}); run `xwserver init --dir {home}`")
+        raise FileNotFoundError(
+            f"{home} is not a server home (no {SETTINGS_FILE}); run `xwserver init --dir {home}`"
+        )
     settings = ServerSettings(home=home)
     types = {f.name: f.type for f in fields(ServerSettings)}
     values: dict[str, Any] = {}

@@ -44,8 +44,14 @@ class DataStore:
         """Serialises placing and deleting one content within this process."""
         return self._locks.setdefault(sha256, asyncio.Lock())
 
-    async def ingest(self, chunks: AsyncIterator[bytes], *, max_size: int, expect_size: int | None = None,
-                     expect_sha256: str | None = None) -> Ingested:
+    async def ingest(
+        self,
+        chunks: AsyncIterator[bytes],
+        *,
+        max_size: int,
+        expect_size: int | None = None,
+        expect_sha256: str | None = None,
+    ) -> Ingested:
         """Receive a stream into a temporary file; check size and hash against what the client declared."""
         fd, name = _mkstemp(self.tmp_dir)
         tmp = Path(name)
@@ -57,8 +63,9 @@ class DataStore:
                 async for chunk in chunks:
                     size += len(chunk)
                     if size > max_size or (expect_size is not None and size > expect_size):
-                        raise PayloadTooLarge(f"content over {expect_size if expect_size is not None else max_size}"
-                                              " bytes")
+                        raise PayloadTooLarge(
+                            f"content over {expect_size if expect_size is not None else max_size} bytes"
+                        )
                     buf += chunk
                     if len(buf) >= CHUNK:
                         await asyncio.to_thread(_write_hash, fh, digest, bytes(buf))

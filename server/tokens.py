@@ -46,8 +46,16 @@ class TokenSigner:
 
     def issue(self, subject: str, audience: str = "api", ttl: int | None = None, **claims: Any) -> str:
         now = int(time.time())
-        body = {"iss": ISSUER, "sub": subject, "aud": audience, "iat": now, "nbf": now - 5,
-                "exp": now + (ttl if ttl is not None else self.ttl), "jti": uuid.uuid4().hex, **claims}
+        body = {
+            "iss": ISSUER,
+            "sub": subject,
+            "aud": audience,
+            "iat": now,
+            "nbf": now - 5,
+            "exp": now + (ttl if ttl is not None else self.ttl),
+            "jti": uuid.uuid4().hex,
+            **claims,
+        }
         return jwt.encode({"alg": ALG}, body, self._key)
 
     def verify(self, token: str, audience: str = "api") -> dict[str, Any]:

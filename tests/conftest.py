@@ -33,8 +33,9 @@ async def _pg(url: str, sql: str) -> None:
     import asyncpg
 
     u = make_url(url)
-    conn = await asyncpg.connect(host=u.host, port=u.port, user=u.username, password=u.password,
-                                 database=u.database or "postgres")
+    conn = await asyncpg.connect(
+        host=u.host, port=u.port, user=u.username, password=u.password, database=u.database or "postgres"
+    )
     try:
         await conn.execute(sql)
     finally:
@@ -86,12 +87,20 @@ class Grid:
     def admin(self) -> XWClient:
         return self.client(self.admin_cfg)
 
-    async def add_user(self, login: str, rights: UserRights = UserRights.STANDARD_USER,
-                       group: str | None = None, by: XWClient | None = None) -> XWClient:
+    async def add_user(
+        self,
+        login: str,
+        rights: UserRights = UserRights.STANDARD_USER,
+        group: str | None = None,
+        by: XWClient | None = None,
+    ) -> XWClient:
         """Create a user (as admin unless ``by``) and return a client logged in as that user."""
         creator = by or self.admin
-        await creator.create_user(UserIn(login=login, password=PASSWORD, email=f"{login}@example.org",
-                                         rights=rights, usergroup=group))
+        await creator.create_user(
+            UserIn(
+                login=login, password=PASSWORD, email=f"{login}@example.org", rights=rights, usergroup=group
+            )
+        )
         return self.client(self.config(login=login, password=PASSWORD))
 
     def write_client_conf(self, path: Path, **kw: str) -> Path:
@@ -125,8 +134,9 @@ async def grid(tmp_path: Path, template_home: Path, database_url: str) -> AsyncI
         shutil.copytree(template_home, home)
     settings = load_settings(home)
     server = await start(settings, migrate=False)  # both homes are migrated already
-    admin_cfg = ClientConfig(server=server.url, ca=settings.ca_cert, login="admin",
-                             password=_admin_password(home))
+    admin_cfg = ClientConfig(
+        server=server.url, ca=settings.ca_cert, login="admin", password=_admin_password(home)
+    )
     g = Grid(settings, server, admin_cfg)
     try:
         yield g

@@ -12,7 +12,7 @@ from common.errors import Conflict, Forbidden, ValidationFailed
 from common.rights import Perm
 from common.schemas import AppIn, AppOut, Binary, Page
 from common.uri import new_uid
-from server.authz import Actor, can_administer, default_rights, require_may_insert, require_may_list
+from server.authz import Actor, can_administer, default_rights, require, require_may_insert, require_may_list
 from server.db.models import App, Data, Job
 from server.events import record
 from server.http import Routes, read_body, reply
@@ -23,8 +23,15 @@ routes = Routes("apps")
 
 
 def app_out(a: App) -> AppOut:
-    return AppOut(**owned(a), name=a.name, type=AppType(a.type), binaries=[Binary(**b) for b in a.binaries],
-                  env=a.env_uid, wallclock=a.wallclock, min_memory=a.min_memory)
+    return AppOut(
+        **owned(a),
+        name=a.name,
+        type=AppType(a.type),
+        binaries=[Binary(**b) for b in a.binaries],
+        env=a.env_uid,
+        wallclock=a.wallclock,
+        min_memory=a.min_memory,
+    )
 
 
 async def _check_refs(session: AsyncSession, actor: Actor, uids: list[str]) -> None:
@@ -44,8 +51,14 @@ async def list_apps(request: web.Request) -> web.Response:
     return reply(Page[AppOut](items=[app_out(a) for a in rows], total=total, offset=offset, limit=limit))
 
 
-@routes.add("POST", "/apps", summary="Register an application, or add binaries to one you own", body=AppIn,
-            response=AppOut, status=201)
+@routes.add(
+    "POST",
+    "/apps",
+    summary="Register an application, or add binaries to one you own",
+    body=AppIn,
+    response=AppOut,
+    status=201,
+)
 async def create_app(request: web.Request) -> web.Response:
     """XWHEP's sendapp: a second call with the same name adds (or replaces) binaries for its platforms."""
     svc = services(request)
@@ -69,14 +82,28 @@ async def create_app(request: web.Request) -> web.Response:
                 existing.wallclock = body.wallclock
             if body.access_rights is not None:
                 existing.access_rights = rights_for(body.access_rights, existing.access_rights)
-            record(session, actor, "app", existing, "update", reason="binaries " + ", ".join(
-                f"{b.os.value}/{b.cpu.value}" for b in body.binaries))
+            record(
+                session,
+                actor,
+                "app",
+                existing,
+                "update",
+                reason="binaries " + ", ".join(f"{b.os.value}/{b.cpu.value}" for b in body.binaries),
+            )
             await session.commit()
             return reply(app_out(existing), status=200)
-        app = App(uid=new_uid(), owner_uid=actor.uid, group_uid=actor.group_uid,
-                  access_rights=rights_for(body.access_rights, default_rights(actor)), name=body.name,
-                  type=body.type.value, binaries=[b.model_dump(mode="json") for b in body.binaries],
-                  env_uid=body.env, wallclock=body.wallclock, min_memory=body.min_memory)
+        app = App(
+            uid=new_uid(),
+            owner_uid=actor.uid,
+            group_uid=actor.group_uid,
+            access_rights=rights_for(body.access_rights, default_rights(actor)),
+            name=body.name,
+            type=body.type.value,
+            binaries=[b.model_dump(mode="json") for b in body.binaries],
+            env_uid=body.env,
+            wallclock=body.wallclock,
+            min_memory=body.min_memory,
+        )
         session.add(app)
         record(session, actor, "app", app, "create", reason=body.name)
         try:
@@ -95,8 +122,6 @@ async def get_app(request: web.Request) -> web.Response:
 
 async def delete_app_in(session: AsyncSession, actor: Actor, app: App) -> None:
     """Delete an application that no job uses any more."""
-    from server.authz import require
-
     require(actor, app, Perm.WRITE, "application")
     if not can_administer(actor, app) and app.owner_uid != actor.uid:
         raise Forbidden(f"{actor.login} may not delete application {app.name}")
@@ -114,8 +139,3 @@ async def delete_app(request: web.Request) -> web.Response:
         app = await load(session, App, path_uid(request), actor, Perm.READ, "application")
         await delete_app_in(session, actor, app)
     return web.Response(status=204)
-
-
-def validate_binary_type(app: AppIn) -> None:
-    if app.type is AppType.SCRIPT and len(app.binaries) > 1:
-        raise ValidationFailed("a script application has one portable file")

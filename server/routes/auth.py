@@ -28,8 +28,14 @@ async def version(request: web.Request) -> web.Response:
     return reply(Version(version=__version__))
 
 
-@routes.add("POST", "/auth/token", summary="Exchange login and password for a bearer token", body=TokenRequest,
-            response=TokenResponse, public=True)
+@routes.add(
+    "POST",
+    "/auth/token",
+    summary="Exchange login and password for a bearer token",
+    body=TokenRequest,
+    response=TokenResponse,
+    public=True,
+)
 async def token(request: web.Request) -> web.Response:
     svc = services(request)
     body = await read_body(request, TokenRequest, svc.settings.max_json_bytes)
@@ -39,8 +45,9 @@ async def token(request: web.Request) -> web.Response:
     ok = await asyncio.to_thread(verify_password, body.password, stored)
     if user is None or not ok:
         raise Unauthorized("wrong login or password")
-    return reply(TokenResponse(access_token=svc.signer.issue(user.uid, login=user.login),
-                               expires_in=svc.signer.ttl))
+    return reply(
+        TokenResponse(access_token=svc.signer.issue(user.uid, login=user.login), expires_in=svc.signer.ttl)
+    )
 
 
 @routes.add("GET", "/ping", summary="Check connectivity and credentials", response=Ping)
@@ -49,8 +56,14 @@ async def ping(request: web.Request) -> web.Response:
     return reply(Ping(login=actor.login, rights=actor.rights, auth=actor.auth))
 
 
-@routes.add("POST", "/auth/csr", summary="Sign a certificate request for the logged-in user", body=CsrRequest,
-            response=CertResponse, status=201)
+@routes.add(
+    "POST",
+    "/auth/csr",
+    summary="Sign a certificate request for the logged-in user",
+    body=CsrRequest,
+    response=CertResponse,
+    status=201,
+)
 async def csr(request: web.Request) -> web.Response:
     svc = services(request)
     actor = actor_of(request)
@@ -66,4 +79,6 @@ async def csr(request: web.Request) -> web.Response:
             raise Unauthorized("user no longer exists")
         user.cert_subject = subject
         record(session, actor, "user", user, "certificate", reason=f"certificate issued for {subject}")
-    return reply(CertResponse(certificate=cert_pem(cert), ca=cert_pem(svc.ca.cert), subject=subject), status=201)
+    return reply(
+        CertResponse(certificate=cert_pem(cert), ca=cert_pem(svc.ca.cert), subject=subject), status=201
+    )

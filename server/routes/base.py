@@ -15,7 +15,7 @@ from server.authz import Actor, require, visible
 from server.db.models import OwnedMixin, User
 from server.http import page_params
 
-O = TypeVar("O", bound=OwnedMixin)
+T = TypeVar("T", bound=OwnedMixin)
 
 
 def path_uid(request: web.Request, key: str = "uid") -> str:
@@ -26,7 +26,7 @@ def path_uid(request: web.Request, key: str = "uid") -> str:
     return uid
 
 
-async def load(session: AsyncSession, model: type[O], uid: str, actor: Actor, perm: Perm, what: str) -> O:
+async def load(session: AsyncSession, model: type[T], uid: str, actor: Actor, perm: Perm, what: str) -> T:
     """Load one object and require ``perm`` on it (unreadable objects are reported as not found)."""
     obj = await session.get(model, uid)
     if obj is None:
@@ -37,8 +37,14 @@ async def load(session: AsyncSession, model: type[O], uid: str, actor: Actor, pe
 
 def owned(obj: OwnedMixin) -> dict[str, Any]:
     """The fields every owned object shows."""
-    return {"uid": obj.uid, "owner": obj.owner_uid, "group": obj.group_uid,
-            "access_rights": format_mode(obj.access_rights), "created": obj.created, "modified": obj.modified}
+    return {
+        "uid": obj.uid,
+        "owner": obj.owner_uid,
+        "group": obj.group_uid,
+        "access_rights": format_mode(obj.access_rights),
+        "created": obj.created,
+        "modified": obj.modified,
+    }
 
 
 def rights_for(requested: str | None, default: int) -> int:
@@ -55,8 +61,9 @@ async def owner_filter(session: AsyncSession, text: str) -> str:
     return uid
 
 
-async def paged(session: AsyncSession, request: web.Request, actor: Actor, model: type[O], stmt: Select[Any],
-                order: Any) -> tuple[list[O], int, int, int]:
+async def paged(
+    session: AsyncSession, request: web.Request, actor: Actor, model: type[T], stmt: Select[Any], order: Any
+) -> tuple[list[T], int, int, int]:
     """Apply rights, the common ``owner`` filter and pagination; return (rows, total, offset, limit)."""
     offset, limit = page_params(request)
     stmt = stmt.where(visible(actor, model))

@@ -26,8 +26,16 @@ OCTET = "application/octet-stream"
 
 
 def data_out(d: Data) -> DataOut:
-    return DataOut(**owned(d), name=d.name, type=d.type, os=OS(d.os), cpu=CPU(d.cpu), size=d.size, sha256=d.sha256,
-                   status=DataStatus(d.status))
+    return DataOut(
+        **owned(d),
+        name=d.name,
+        type=d.type,
+        os=OS(d.os),
+        cpu=CPU(d.cpu),
+        size=d.size,
+        sha256=d.sha256,
+        status=DataStatus(d.status),
+    )
 
 
 @routes.add("GET", "/data", summary="List data", response=Page[DataOut], query={"name": "exact name"})
@@ -42,17 +50,32 @@ async def list_data(request: web.Request) -> web.Response:
     return reply(Page[DataOut](items=[data_out(d) for d in rows], total=total, offset=offset, limit=limit))
 
 
-@routes.add("POST", "/data", summary="Create a data object (content follows with PUT .../content)", body=DataIn,
-            response=DataOut, status=201)
+@routes.add(
+    "POST",
+    "/data",
+    summary="Create a data object (content follows with PUT .../content)",
+    body=DataIn,
+    response=DataOut,
+    status=201,
+)
 async def create_data(request: web.Request) -> web.Response:
     svc = services(request)
     actor = actor_of(request)
     require_may_insert(actor, "data")
     body = await read_body(request, DataIn, svc.settings.max_json_bytes)
-    data = Data(uid=new_uid(), owner_uid=actor.uid, group_uid=actor.group_uid,
-                access_rights=rights_for(body.access_rights, default_rights(actor)), name=body.name, type=body.type,
-                os=body.os.value, cpu=body.cpu.value, size=body.size, declared_sha256=body.sha256,
-                status=DataStatus.UNAVAILABLE.value)
+    data = Data(
+        uid=new_uid(),
+        owner_uid=actor.uid,
+        group_uid=actor.group_uid,
+        access_rights=rights_for(body.access_rights, default_rights(actor)),
+        name=body.name,
+        type=body.type,
+        os=body.os.value,
+        cpu=body.cpu.value,
+        size=body.size,
+        declared_sha256=body.sha256,
+        status=DataStatus.UNAVAILABLE.value,
+    )
     async with svc.sessions() as session, session.begin():
         session.add(data)
         record(session, actor, "data", data, "create", to_status=data.status, reason=body.name)
@@ -66,8 +89,13 @@ async def get_data(request: web.Request) -> web.Response:
     return reply(data_out(data))
 
 
-@routes.add("PUT", "/data/{uid}/content", summary="Upload a data object's content (streamed)", response=DataOut,
-            raw_body=OCTET)
+@routes.add(
+    "PUT",
+    "/data/{uid}/content",
+    summary="Upload a data object's content (streamed)",
+    response=DataOut,
+    raw_body=OCTET,
+)
 async def put_content(request: web.Request) -> web.Response:
     svc = services(request)
     actor = actor_of(request)
@@ -76,8 +104,12 @@ async def put_content(request: web.Request) -> web.Response:
         data = await load(session, Data, uid, actor, Perm.WRITE, "data")
         if data.status == DataStatus.AVAILABLE.value:
             raise Conflict(f"data {uid} already has content; data objects are immutable")
-    item = await svc.store.ingest(request.content.iter_any(), max_size=MAX_DATA_BYTES, expect_size=data.size,
-                                  expect_sha256=data.declared_sha256)
+    item = await svc.store.ingest(
+        request.content.iter_any(),
+        max_size=MAX_DATA_BYTES,
+        expect_size=data.size,
+        expect_sha256=data.declared_sha256,
+    )
     async with svc.store.lock(item.sha256):
         try:
             async with svc.sessions() as session, session.begin():
@@ -91,8 +123,16 @@ async def put_content(request: web.Request) -> web.Response:
                     blob.refcount += 1
                 svc.store.place(item)
                 data.sha256, data.size, data.status = item.sha256, item.size, DataStatus.AVAILABLE.value
-                record(session, actor, "data", data, "upload", from_status=DataStatus.UNAVAILABLE.value,
-                       to_status=data.status, reason=f"{item.size} bytes sha256 {item.sha256}")
+                record(
+                    session,
+                    actor,
+                    "data",
+                    data,
+                    "upload",
+                    from_status=DataStatus.UNAVAILABLE.value,
+                    to_status=data.status,
+                    reason=f"{item.size} bytes sha256 {item.sha256}",
+                )
                 await _release_waiting_jobs(session, actor, data)
         finally:
             svc.store.discard(item)
@@ -101,8 +141,15 @@ async def put_content(request: web.Request) -> web.Response:
 
 async def _release_waiting_jobs(session: AsyncSession, actor: Actor, data: Data) -> None:
     """Jobs of this owner waiting for inputs become PENDING once all their inputs are available."""
-    jobs = (await session.execute(select(Job).where(Job.status == JobStatus.UNAVAILABLE.value,
-                                                    Job.owner_uid == data.owner_uid))).scalars().all()
+    jobs = (
+        (
+            await session.execute(
+                select(Job).where(Job.status == JobStatus.UNAVAILABLE.value, Job.owner_uid == data.owner_uid)
+            )
+        )
+        .scalars()
+        .all()
+    )
     for job in jobs:
         refs = [*job.inputs, *job.env, *([job.stdin_uid] if job.stdin_uid else [])]
         if data.uid not in refs:
@@ -111,12 +158,21 @@ async def _release_waiting_jobs(session: AsyncSession, actor: Actor, data: Data)
         if all(s == DataStatus.AVAILABLE.value for s in rows):
             step = advance(JobStatus.UNAVAILABLE, Trigger.INPUTS_READY)
             job.status = step.status.value
-            record(session, actor, "work", job, "inputs_ready", from_status=JobStatus.UNAVAILABLE.value,
-                   to_status=job.status, reason=f"input {data.uid} uploaded")
+            record(
+                session,
+                actor,
+                "work",
+                job,
+                "inputs_ready",
+                from_status=JobStatus.UNAVAILABLE.value,
+                to_status=job.status,
+                reason=f"input {data.uid} uploaded",
+            )
 
 
-@routes.add("GET", "/data/{uid}/content", summary="Download a data object's content (streamed)",
-            raw_response=OCTET)
+@routes.add(
+    "GET", "/data/{uid}/content", summary="Download a data object's content (streamed)", raw_response=OCTET
+)
 async def get_content(request: web.Request) -> web.StreamResponse:
     svc = services(request)
     async with svc.sessions() as session:
@@ -126,9 +182,15 @@ async def get_content(request: web.Request) -> web.StreamResponse:
     path = svc.store.path(data.sha256)
     if not path.exists():
         raise ValidationFailed(f"content of data {data.uid} is missing from the store")
-    return web.FileResponse(path, chunk_size=256 * 1024, headers={
-        "Content-Type": OCTET, "X-Content-SHA256": data.sha256,
-        "Content-Disposition": f'attachment; filename="{data.name}"'})
+    return web.FileResponse(
+        path,
+        chunk_size=256 * 1024,
+        headers={
+            "Content-Type": OCTET,
+            "X-Content-SHA256": data.sha256,
+            "Content-Disposition": f'attachment; filename="{data.name}"',
+        },
+    )
 
 
 async def delete_data_in(session: AsyncSession, actor: Actor, data: Data) -> str | None:
@@ -161,8 +223,3 @@ async def delete_data(request: web.Request) -> web.Response:
                 if await session.get(Blob, gone) is None:
                     svc.store.delete(gone)
     return web.Response(status=204)
-
-
-def require_known_type(text: str) -> None:
-    if not text:
-        raise ValidationFailed("data type must not be empty")

@@ -22,17 +22,44 @@ routes = Routes("jobs")
 
 
 def job_out(j: Job) -> JobOut:
-    return JobOut(**owned(j), app=j.app_uid, args=j.args, env=list(j.env), stdin=j.stdin_uid, inputs=list(j.inputs),
-                  label=j.label, job_group=j.job_group, expected_host=j.expected_host, wallclock=j.wallclock,
-                  max_retries=j.max_retries, retry=j.retry, listen_ports=list(j.listen_ports),
-                  forward_addresses=[ForwardAddress(**f) for f in j.forward_addresses],
-                  status=JobStatus(j.status), status_reason=j.status_reason, return_code=j.return_code,
-                  result=j.result_uid, host=j.host_uid, started=j.started, completed=j.completed)
+    return JobOut(
+        **owned(j),
+        app=j.app_uid,
+        args=j.args,
+        env=list(j.env),
+        stdin=j.stdin_uid,
+        inputs=list(j.inputs),
+        label=j.label,
+        job_group=j.job_group,
+        expected_host=j.expected_host,
+        wallclock=j.wallclock,
+        max_retries=j.max_retries,
+        retry=j.retry,
+        listen_ports=list(j.listen_ports),
+        forward_addresses=[ForwardAddress(**f) for f in j.forward_addresses],
+        status=JobStatus(j.status),
+        status_reason=j.status_reason,
+        return_code=j.return_code,
+        result=j.result_uid,
+        host=j.host_uid,
+        started=j.started,
+        completed=j.completed,
+    )
 
 
-@routes.add("GET", "/jobs", summary="List jobs", response=Page[JobOut],
-            query={"status": "job status", "label": "exact label", "group": "job group", "owner": "login or uid",
-                   "app": "application uid"})
+@routes.add(
+    "GET",
+    "/jobs",
+    summary="List jobs",
+    response=Page[JobOut],
+    query={
+        "status": "job status",
+        "label": "exact label",
+        "group": "job group",
+        "owner": "login or uid",
+        "app": "application uid",
+    },
+)
 async def list_jobs(request: web.Request) -> web.Response:
     actor = actor_of(request)
     require_may_list(actor, "jobs")
@@ -62,8 +89,14 @@ async def _inputs_available(session: AsyncSession, actor: Actor, refs: list[str]
     return available
 
 
-@routes.add("POST", "/jobs", summary="Submit a job (needs execute on the application)", body=JobIn,
-            response=JobOut, status=201)
+@routes.add(
+    "POST",
+    "/jobs",
+    summary="Submit a job (needs execute on the application)",
+    body=JobIn,
+    response=JobOut,
+    status=201,
+)
 async def submit(request: web.Request) -> web.Response:
     svc = services(request)
     actor = actor_of(request)
@@ -77,14 +110,27 @@ async def submit(request: web.Request) -> web.Response:
         refs = [*body.inputs, *body.env, *([body.stdin] if body.stdin else [])]
         ready = await _inputs_available(session, actor, refs)
         status = JobStatus.PENDING if ready else JobStatus.UNAVAILABLE
-        job = Job(uid=new_uid(), owner_uid=actor.uid, group_uid=actor.group_uid,
-                  access_rights=rights_for(body.access_rights, default_rights(actor)) & app.access_rights,
-                  app_uid=app.uid, args=body.args, env=list(body.env), stdin_uid=body.stdin, inputs=list(body.inputs),
-                  label=body.label, job_group=body.group, expected_host=body.expected_host,
-                  wallclock=body.wallclock or app.wallclock, max_retries=body.max_retries, retry=0,
-                  listen_ports=list(body.listen_ports),
-                  forward_addresses=[f.model_dump() for f in body.forward_addresses], status=status.value,
-                  created=utcnow())
+        job = Job(
+            uid=new_uid(),
+            owner_uid=actor.uid,
+            group_uid=actor.group_uid,
+            access_rights=rights_for(body.access_rights, default_rights(actor)) & app.access_rights,
+            app_uid=app.uid,
+            args=body.args,
+            env=list(body.env),
+            stdin_uid=body.stdin,
+            inputs=list(body.inputs),
+            label=body.label,
+            job_group=body.group,
+            expected_host=body.expected_host,
+            wallclock=body.wallclock or app.wallclock,
+            max_retries=body.max_retries,
+            retry=0,
+            listen_ports=list(body.listen_ports),
+            forward_addresses=[f.model_dump() for f in body.forward_addresses],
+            status=status.value,
+            created=utcnow(),
+        )
         session.add(job)
         record(session, actor, "work", job, "submit", to_status=status.value, reason=f"app {app.name}")
     return reply(job_out(job), status=201)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from aiohttp import web
-from sqlalchemy import or_, select
+from sqlalchemy import func, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from common.enums import UserRights
 from common.errors import Forbidden, NotFound
@@ -19,7 +20,6 @@ from server.routes.data import delete_data_in
 from server.routes.jobs import delete_job_in
 from server.routes.users import delete_group_in
 from server.state import actor_of, services
-from sqlalchemy.ext.asyncio import AsyncSession
 
 routes = Routes("objects")
 
@@ -41,8 +41,13 @@ async def get_object(request: web.Request) -> web.Response:
     return reply(ObjectRef(uid=obj.uid, kind=kind, access_rights=format_mode(obj.access_rights)))
 
 
-@routes.add("POST", "/objects/{uid}/chmod", summary="Change an object's access rights", body=ChmodIn,
-            response=ObjectRef)
+@routes.add(
+    "POST",
+    "/objects/{uid}/chmod",
+    summary="Change an object's access rights",
+    body=ChmodIn,
+    response=ObjectRef,
+)
 async def chmod(request: web.Request) -> web.Response:
     svc = services(request)
     actor = actor_of(request)
@@ -53,7 +58,14 @@ async def chmod(request: web.Request) -> web.Response:
             raise Forbidden(f"only the owner or an administrator may change the rights of {kind} {obj.uid}")
         before = obj.access_rights
         obj.access_rights = parse_mode(body.mode, before)
-        record(session, actor, kind, obj, "chmod", reason=f"{format_mode(before)} -> {format_mode(obj.access_rights)}")
+        record(
+            session,
+            actor,
+            kind,
+            obj,
+            "chmod",
+            reason=f"{format_mode(before)} -> {format_mode(obj.access_rights)}",
+        )
     return reply(ObjectRef(uid=obj.uid, kind=kind, access_rights=format_mode(obj.access_rights)))
 
 
@@ -85,12 +97,26 @@ async def remove(request: web.Request) -> web.Response:
 
 
 def _event_out(e: Event) -> EventOut:
-    return EventOut(id=e.id, at=e.at, actor=e.actor_uid, kind=e.kind, object=e.object_uid, action=e.action,
-                    from_status=e.from_status, to_status=e.to_status, reason=e.reason)
+    return EventOut(
+        id=e.id,
+        at=e.at,
+        actor=e.actor_uid,
+        kind=e.kind,
+        object=e.object_uid,
+        action=e.action,
+        from_status=e.from_status,
+        to_status=e.to_status,
+        reason=e.reason,
+    )
 
 
-@routes.add("GET", "/events", summary="Read the event log", response=Page[EventOut],
-            query={"object": "object uid", "after": "only events with a larger id"})
+@routes.add(
+    "GET",
+    "/events",
+    summary="Read the event log",
+    response=Page[EventOut],
+    query={"object": "object uid", "after": "only events with a larger id"},
+)
 async def events(request: web.Request) -> web.Response:
     actor = actor_of(request)
     require_may_list(actor, "events")
@@ -102,9 +128,9 @@ async def events(request: web.Request) -> web.Response:
         stmt = stmt.where(Event.object_uid == request.query["object"].lower())
     if "after" in request.query and request.query["after"].isdigit():
         stmt = stmt.where(Event.id > int(request.query["after"]))
-    from sqlalchemy import func
-
     async with services(request).sessions() as session:
         total = (await session.execute(select(func.count()).select_from(stmt.subquery()))).scalar_one()
         rows = (await session.execute(stmt.order_by(Event.id).offset(offset).limit(limit))).scalars().all()
-    return reply(Page[EventOut](items=[_event_out(e) for e in rows], total=int(total), offset=offset, limit=limit))
+    return reply(
+        Page[EventOut](items=[_event_out(e) for e in rows], total=int(total), offset=offset, limit=limit)
+    )

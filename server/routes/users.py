@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 
 from aiohttp import web
-from sqlalchemy import or_, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from common.enums import UserRights
 from common.errors import Conflict, Forbidden, NotFound, ValidationFailed
@@ -20,14 +21,19 @@ from server.http import Routes, read_body, reply
 from server.passwords import hash_password
 from server.routes.base import load, owned, paged, path_uid, rights_for
 from server.state import actor_of, services
-from sqlalchemy.ext.asyncio import AsyncSession
 
 routes = Routes("users")
 
 
 def user_out(u: User) -> UserOut:
-    return UserOut(**owned(u), login=u.login, email=u.email, rights=UserRights(u.rights), usergroup=u.usergroup_uid,
-                   cert_subject=u.cert_subject)
+    return UserOut(
+        **owned(u),
+        login=u.login,
+        email=u.email,
+        rights=UserRights(u.rights),
+        usergroup=u.usergroup_uid,
+        cert_subject=u.cert_subject,
+    )
 
 
 def group_out(g: UserGroup) -> UserGroupOut:
@@ -71,9 +77,18 @@ async def create_user(request: web.Request) -> web.Response:
             group_uid = actor.group_uid  # a group administrator's users join its group
         require_may_create_user(actor, body.rights, group_uid)
         uid = new_uid()
-        user = User(uid=uid, owner_uid=uid, group_uid=group_uid, access_rights=PRIVATE, login=body.login,
-                    password_hash=password_hash, email=body.email, rights=body.rights.value,
-                    usergroup_uid=group_uid, cert_subject=body.cert_subject)
+        user = User(
+            uid=uid,
+            owner_uid=uid,
+            group_uid=group_uid,
+            access_rights=PRIVATE,
+            login=body.login,
+            password_hash=password_hash,
+            email=body.email,
+            rights=body.rights.value,
+            usergroup_uid=group_uid,
+            cert_subject=body.cert_subject,
+        )
         session.add(user)
         record(session, actor, "user", user, "create", reason=f"{body.login} as {body.rights.value}")
         try:
@@ -90,8 +105,13 @@ async def get_user(request: web.Request) -> web.Response:
     return reply(user_out(user))
 
 
-@routes.add("PATCH", "/users/{uid}", summary="Change a user's password, email, rights or certificate subject",
-            body=UserPatch, response=UserOut)
+@routes.add(
+    "PATCH",
+    "/users/{uid}",
+    summary="Change a user's password, email, rights or certificate subject",
+    body=UserPatch,
+    response=UserOut,
+)
 async def patch_user(request: web.Request) -> web.Response:
     svc = services(request)
     actor = actor_of(request)
@@ -109,16 +129,26 @@ async def patch_user(request: web.Request) -> web.Response:
             user.email = body.email
         if body.cert_subject is not None:
             user.cert_subject = body.cert_subject or None
-        record(session, actor, "user", user, "update",
-               reason=", ".join(k for k, v in body.model_dump().items() if v is not None and k != "password")
-               + (", password" if body.password else ""))
+        record(
+            session,
+            actor,
+            "user",
+            user,
+            "update",
+            reason=", ".join(k for k, v in body.model_dump().items() if v is not None and k != "password")
+            + (", password" if body.password else ""),
+        )
     return reply(user_out(user))
 
 
 def _require_admin_over(actor: Actor, user: User) -> None:
     if actor.rights is UserRights.SUPER_USER:
         return
-    if actor.rights is UserRights.ADVANCED_USER and user.usergroup_uid == actor.group_uid and user.uid != actor.uid:
+    if (
+        actor.rights is UserRights.ADVANCED_USER
+        and user.usergroup_uid == actor.group_uid
+        and user.uid != actor.uid
+    ):
         return
     raise Forbidden(f"{actor.login} may not change rights or certificates of {user.login}")
 
@@ -141,13 +171,22 @@ async def list_groups(request: web.Request) -> web.Response:
     actor = actor_of(request)
     require_may_list(actor, "usergroups")
     async with services(request).sessions() as session:
-        rows, total, offset, limit = await paged(session, request, actor, UserGroup, select(UserGroup),
-                                                 UserGroup.label)
-    return reply(Page[UserGroupOut](items=[group_out(g) for g in rows], total=total, offset=offset, limit=limit))
+        rows, total, offset, limit = await paged(
+            session, request, actor, UserGroup, select(UserGroup), UserGroup.label
+        )
+    return reply(
+        Page[UserGroupOut](items=[group_out(g) for g in rows], total=total, offset=offset, limit=limit)
+    )
 
 
-@routes.add("POST", "/usergroups", summary="Create a usergroup (administrators)", body=UserGroupIn,
-            response=UserGroupOut, status=201)
+@routes.add(
+    "POST",
+    "/usergroups",
+    summary="Create a usergroup (administrators)",
+    body=UserGroupIn,
+    response=UserGroupOut,
+    status=201,
+)
 async def create_group(request: web.Request) -> web.Response:
     svc = services(request)
     actor = actor_of(request)
@@ -155,8 +194,14 @@ async def create_group(request: web.Request) -> web.Response:
     if not actor.is_admin:
         raise Forbidden("only administrators create usergroups")
     uid = new_uid()
-    group = UserGroup(uid=uid, owner_uid=actor.uid, group_uid=uid, access_rights=rights_for(body.access_rights, GROUP),
-                      label=body.label, project=body.project)
+    group = UserGroup(
+        uid=uid,
+        owner_uid=actor.uid,
+        group_uid=uid,
+        access_rights=rights_for(body.access_rights, GROUP),
+        label=body.label,
+        project=body.project,
+    )
     async with svc.sessions() as session:
         session.add(group)
         record(session, actor, "usergroup", group, "create", reason=body.label)
@@ -178,7 +223,9 @@ async def delete_group_in(session: AsyncSession, actor: Actor, group: UserGroup)
     """Delete an empty usergroup (administrators only)."""
     if not actor.is_admin:
         raise Forbidden("only administrators delete usergroups")
-    members = (await session.execute(select(User.uid).where(or_(User.usergroup_uid == group.uid)).limit(1))).first()
+    members = (
+        await session.execute(select(User.uid).where(User.usergroup_uid == group.uid).limit(1))
+    ).first()
     if members is not None:
         raise Conflict(f"usergroup {group.label!r} still has users")
     record(session, actor, "usergroup", group, "delete", reason=group.label)
