@@ -8,7 +8,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from common.enums import AppType
-from common.errors import Conflict, Forbidden, ValidationFailed
+from common.errors import Conflict, Forbidden
 from common.rights import Perm
 from common.schemas import AppIn, AppOut, Binary, Page
 from common.uri import new_uid

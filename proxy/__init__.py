@@ -1,0 +1,1 @@
+"""The relay proxy and tunnel endpoints (arrives with the relay issue)."""

@@ -1,0 +1,45 @@
+"""The dependency rules between our packages hold (checked on the import statements of every module)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+OURS = {"common", "server", "client", "worker", "proxy"}
+ALLOWED = {
+    "common": set(),
+    "server": {"common"},
+    "client": {"common"},
+    "proxy": {"common"},
+    "worker": {"common", "client", "proxy"},
+}
+
+
+def _imported_packages(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+    return found & OURS
+
+
+@pytest.mark.parametrize("package", sorted(ALLOWED))
+def test_package_imports_only_what_it_may(package: str) -> None:
+    files = sorted((ROOT / package).rglob("*.py"))
+    assert files, f"{package}/ has no modules"
+    bad = {
+        str(f.relative_to(ROOT)): sorted(_imported_packages(f) - ALLOWED[package] - {package}) for f in files
+    }
+    assert {k: v for k, v in bad.items() if v} == {}
+
+
+def test_checker_sees_a_violation(tmp_path: Path) -> None:
+    bad = tmp_path / "m.py"
+    bad.write_text("from server.app import create_app\nimport client.api\n")
+    assert _imported_packages(bad) == {"server", "client"}
