@@ -1,0 +1,442 @@
+"""The XWHEP-compatible xw* commands, one click command per console script."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import shlex
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+from pydantic import BaseModel
+
+from client.api import XWClient
+from client.cli import (
+    JobArgsCommand,
+    check_job_args,
+    echo_created,
+    echo_objects,
+    echo_record,
+    find_any,
+    new_key_and_csr,
+    parse_forward_addresses,
+    parse_job_status,
+    parse_listen_ports,
+    parse_platform,
+    parse_user_rights,
+    run,
+    stage,
+    submit_all,
+    transfer,
+    upload,
+    xw_options,
+)
+from common import __version__
+from common.config import dump_flat_toml, write_private
+from common.enums import CPU, OS, AppType, ObjectKind, UserRights
+from common.errors import XWError
+from common.rights import parse_mode
+from common.schemas import AppIn, Binary, JobIn, JobOut, UserGroupIn, UserIn
+from common.uri import is_uid, parse_uri
+
+APP, DATA, WORK = ObjectKind.APP.value, ObjectKind.DATA.value, ObjectKind.JOB.value
+USER, USERGROUP = ObjectKind.USER.value, ObjectKind.USERGROUP.value
+DEFAULT_CERT_PREFIX = "~/.xwhep/client"
+Fetch = Callable[[XWClient], Awaitable[Sequence[BaseModel]]]
+
+
+def _lister(name: str, kind: str, fetch: Fetch, doc: str) -> click.Command:
+    """A command that prints the objects ``fetch`` returns."""
+
+    @click.command(name, help=doc)
+    @xw_options
+    def command(config: Path | None, fmt: str) -> None:
+        async def body(xw: XWClient) -> None:
+            echo_objects(kind, await fetch(xw), fmt)
+
+        run(config, body)
+
+    return command
+
+
+xwapps = _lister("xwapps", APP, lambda xw: xw.apps(), "List the applications you can see.")
+xwdatas = _lister("xwdatas", DATA, lambda xw: xw.datas(), "List the data you can see.")
+xwusers = _lister("xwusers", USER, lambda xw: xw.users(), "List the users you can see.")
+xwusergroups = _lister(
+    "xwusergroups", USERGROUP, lambda xw: xw.usergroups(), "List the usergroups you can see."
+)
+
+
+# --- misc -----------------------------------------------------------------------------------------
+
+
+@click.command("xwversion")
+@xw_options
+def xwversion(config: Path | None, fmt: str) -> None:
+    """Print the client and server versions."""
+
+    async def body(xw: XWClient) -> None:
+        server = await xw.version()
+        text = f"client {__version__}\nserver {server.version} (api {server.api})"
+        echo_record(fmt, text, {"client": __version__, "server": server.version, "api": server.api})
+
+    run(config, body)
+
+
+@click.command("xwping")
+@xw_options
+def xwping(config: Path | None, fmt: str) -> None:
+    """Check the connection and credentials: who the server thinks we are."""
+
+    async def body(xw: XWClient) -> None:
+        pong = await xw.ping()
+        text = f"pong: {pong.login} ({pong.rights.value}, via {pong.auth})"
+        echo_record(fmt, text, pong.model_dump(mode="json"))
+
+    run(config, body)
+
+
+@click.command("xwcert")
+@click.option(
+    "--xwout", "prefix", default=DEFAULT_CERT_PREFIX, show_default=True, help="Write PREFIX.crt/.key."
+)
+@xw_options
+def xwcert(prefix: str, config: Path | None, fmt: str) -> None:
+    """Make a key here, have the server certify it for us, and write PREFIX.crt and PREFIX.key (0600)."""
+
+    async def body(xw: XWClient) -> None:
+        base = Path(prefix).expanduser().absolute()
+        crt, key = base.with_name(base.name + ".crt"), base.with_name(base.name + ".key")
+        for path in (crt, key):
+            if path.exists():
+                raise FileExistsError(errno.EEXIST, "exists (remove it or choose another --xwout)", str(path))
+        key_pem, csr_pem = new_key_and_csr(xw.cfg.login or "xwhep")
+        signed = await xw.sign_csr(csr_pem)
+        base.parent.mkdir(parents=True, exist_ok=True)
+        write_private(key, key_pem)
+        crt.write_text(signed.certificate)
+        lines = dump_flat_toml({"cert": str(crt), "key": str(key)}).rstrip("\n")
+        text = (
+            f"certificate for {signed.subject} written to {crt} (key {key}, mode 0600)\n"
+            f"to log in with it, add to your client config (no login or password needed):\n{lines}"
+        )
+        echo_record(fmt, text, {"subject": signed.subject, "cert": str(crt), "key": str(key)})
+
+    run(config, body)
+
+
+# --- apps and data --------------------------------------------------------------------------------
+
+
+@click.command("xwsendapp")
+@click.argument("name")
+@click.argument("app_type", metavar="TYPE")
+@click.argument("cpu")
+@click.argument("os_name", metavar="OS")
+@click.argument("file", metavar="FILE")
+@click.argument("rights", required=False)
+@xw_options
+def xwsendapp(
+    name: str,
+    app_type: str,
+    cpu: str,
+    os_name: str,
+    file: str,
+    rights: str | None,
+    config: Path | None,
+    fmt: str,
+) -> None:
+    """Register an application, or add a platform to yours: NAME TYPE CPU OS FILE|DATA [RIGHTS]."""
+
+    async def body(xw: XWClient) -> None:
+        kind = AppType.parse(app_type)
+        the_cpu, the_os = parse_platform(cpu, os_name)
+        AppIn(name=name, type=kind, access_rights=rights)  # refuse a bad name or mode before uploading
+        # named after the app and platform, so that the app's name alone stays unambiguous for xwrm/xwchmod
+        binary_name = f"{name[:100]}-{the_os.value}-{the_cpu.value}"
+        data_uid, uploaded = await stage(xw, file, name=binary_name, os=the_os, cpu=the_cpu)
+        binary = Binary(os=the_os, cpu=the_cpu, data=data_uid)
+        try:
+            app = await xw.send_app(AppIn(name=name, type=kind, access_rights=rights, binaries=[binary]))
+        except XWError:
+            if uploaded:
+                await asyncio.shield(xw.remove(data_uid))
+            raise
+        echo_created(xw, APP, [app], fmt)
+
+    run(config, body)
+
+
+@click.command("xwsenddata")
+@click.argument("name")
+@click.argument("file", required=False)
+@click.option("--xwtype", "data_type", help="Data type (default BINARY; ZIP for a directory).")
+@click.option("--xwos", "os_name", help="OS the data is for (default ANY).")
+@click.option("--xwcpu", "cpu", help="CPU the data is for (default ANY).")
+@click.option("--xwrights", "rights", help="Access rights, e.g. 0700 or 0755.")
+@xw_options
+def xwsenddata(
+    name: str,
+    file: str | None,
+    data_type: str | None,
+    os_name: str | None,
+    cpu: str | None,
+    rights: str | None,
+    config: Path | None,
+    fmt: str,
+) -> None:
+    """Upload FILE (default: the path NAME; a directory is zipped) as a data object called NAME."""
+
+    async def body(xw: XWClient) -> None:
+        fields: dict[str, Any] = {
+            "type": data_type,
+            "access_rights": rights,
+            "os": OS.parse(os_name) if os_name else None,
+            "cpu": CPU.parse(cpu) if cpu else None,
+        }
+        path = Path(file or name).expanduser()
+        data = await upload(xw, path, name, **{k: v for k, v in fields.items() if v is not None})
+        echo_created(xw, DATA, [data], fmt)
+
+    run(config, body)
+
+
+@click.command("xwdownload")
+@click.argument("refs", nargs=-1, required=True, metavar="REF...")
+@click.option("--xwout", "out", type=click.Path(path_type=Path), help="Directory (or file, for one REF).")
+@xw_options
+def xwdownload(refs: tuple[str, ...], out: Path | None, config: Path | None, fmt: str) -> None:
+    """Download data content (checked against its sha256); prints each file written."""
+
+    async def body(xw: XWClient) -> None:
+        many = len(refs) > 1
+        target = out.expanduser() if out else None
+        if target is not None and many:
+            target.mkdir(parents=True, exist_ok=True)
+        done = []
+        for ref in refs:
+            meta = await xw.get_data(await xw.resolve(DATA, ref))
+            dest = Path.cwd() / meta.name if target is None else target
+            if target is not None and (many or target.is_dir()):
+                dest = target / meta.name
+            with transfer(meta.name, meta.size) as progress:
+                done.append(await xw.download(meta.uid, dest, progress))
+            if fmt == "short":
+                click.echo(str(dest))
+        if fmt != "short":
+            echo_objects(DATA, done, fmt)
+
+    run(config, body)
+
+
+# --- jobs -----------------------------------------------------------------------------------------
+
+
+@click.command(
+    "xwsubmit",
+    cls=JobArgsCommand,
+    context_settings={"ignore_unknown_options": True, "allow_interspersed_args": True},
+)
+@click.argument("app")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@click.option(
+    "--xwenv", "env", multiple=True, help="Input: local file/dir (uploaded) or data ref; repeatable."
+)
+@click.option("--xwstdin", "stdin", help="Standard input: a local file or a data ref.")
+@click.option("--xwlabel", "label", help="A label for the job.")
+@click.option("--xwgroup", "group", help="Job group (bag of tasks) name.")
+@click.option("--xwexpectedhost", "expected_host", help="Run only on this worker host.")
+@click.option(
+    "--xwwallclocktime",
+    "wallclock",
+    type=click.IntRange(min=1),
+    metavar="SECONDS",
+    help="Kill the job after this many seconds.",
+)
+@click.option("--xwlistenport", "listen_ports", metavar="PORT[,PORT...]", help="Ports the job listens on.")
+@click.option(
+    "--xwforwardaddresses",
+    "forward",
+    metavar="ADDR,PORT[;...]",
+    help="Tunnel the job's local PORT to ADDR (from xwproxy).",
+)
+@click.option("--xwrights", "rights", help="Access rights of the job (ANDed with the app's).")
+@click.option(
+    "--xwargfile",
+    "argfile",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Submit one job per non-empty line of FILE (the line holds the arguments).",
+)
+@xw_options
+@click.pass_context
+def xwsubmit(
+    ctx: click.Context,
+    /,
+    app: str,
+    args: tuple[str, ...],
+    env: tuple[str, ...],
+    stdin: str | None,
+    argfile: Path | None,
+    config: Path | None,
+    fmt: str,
+    **opts: Any,
+) -> None:
+    """Submit a job of APP with ARGS (options may come anywhere; `--` ends them); prints its URI."""
+    check_job_args(ctx, args)
+
+    async def body(xw: XWClient) -> None:
+        if argfile is not None and args:
+            raise ValueError("give job arguments either on the command line or in --xwargfile, not both")
+        lines = [shlex.join(args)]
+        if argfile is not None:
+            lines = [line.strip() for line in argfile.read_text().splitlines() if line.strip()]
+            if not lines:
+                raise ValueError(f"{argfile} holds no job (one line of arguments per job)")
+        if opts["listen_ports"] is not None:
+            opts["listen_ports"] = parse_listen_ports(opts["listen_ports"])
+        if opts["forward"] is not None:
+            opts["forward_addresses"] = parse_forward_addresses(opts["forward"])
+        fields = {k: v for k, v in opts.items() if v is not None and k not in ("forward", "rights")}
+        fields.update(access_rights=opts["rights"], app=await xw.resolve(APP, app))
+        JobIn(**fields)  # refuse bad fields before uploading inputs
+        fields["env"] = [(await stage(xw, ref))[0] for ref in env]
+        if stdin:
+            fields["stdin"] = (await stage(xw, stdin))[0]
+        await submit_all(xw, [JobIn(**fields, args=line) for line in lines], fmt)
+
+    run(config, body)
+
+
+async def _jobs(xw: XWClient, refs: tuple[str, ...], status: str | None, label: str | None) -> list[JobOut]:
+    wanted = parse_job_status(status) if status else None
+    if not refs:
+        filters = {k: v for k, v in (("status", wanted), ("label", label)) if v}
+        return await xw.jobs(**filters)
+    jobs = [await xw.get_job(await xw.resolve(WORK, ref)) for ref in refs]
+    return [j for j in jobs if wanted in (None, j.status) and label in (None, j.label)]
+
+
+@click.command("xwworks")
+@click.argument("refs", nargs=-1, metavar="[REF...]")
+@click.option("--xwstatus", "status", help="Only jobs in this status (PENDING, RUNNING, COMPLETED...).")
+@click.option("--xwlabel", "label", help="Only jobs with this label.")
+@xw_options
+def xwworks(
+    refs: tuple[str, ...], status: str | None, label: str | None, config: Path | None, fmt: str
+) -> None:
+    """List jobs: the named ones, or all you can see."""
+
+    async def body(xw: XWClient) -> None:
+        echo_objects(WORK, await _jobs(xw, refs, status, label), fmt)
+
+    run(config, body)
+
+
+@click.command("xwstatus")
+@click.argument("refs", nargs=-1, required=True, metavar="REF...")
+@xw_options
+def xwstatus(refs: tuple[str, ...], config: Path | None, fmt: str) -> None:
+    """Show the status of jobs."""
+
+    async def body(xw: XWClient) -> None:
+        echo_objects(WORK, await _jobs(xw, refs, None, None), fmt)
+
+    run(config, body)
+
+
+# --- any object -----------------------------------------------------------------------------------
+
+
+@click.command("xwrm")
+@click.argument("refs", nargs=-1, required=True, metavar="REF...")
+@xw_options
+def xwrm(refs: tuple[str, ...], config: Path | None, fmt: str) -> None:
+    """Delete objects of any kind (uid, xw:// URI, or a unique app/data name or job label)."""
+
+    async def body(xw: XWClient) -> None:
+        for ref in refs:
+            await xw.remove((await find_any(xw, ref)).uid)
+
+    run(config, body)
+
+
+@click.command("xwchmod")
+@click.argument("mode")
+@click.argument("refs", nargs=-1, required=True, metavar="REF...")
+@xw_options
+def xwchmod(mode: str, refs: tuple[str, ...], config: Path | None, fmt: str) -> None:
+    """Change access rights: MODE is 755, 0755, 0x755 or symbolic like go+rx."""
+
+    async def body(xw: XWClient) -> None:
+        parse_mode(mode)  # a bad mode is refused before touching anything
+        for ref in refs:
+            await xw.chmod((await find_any(xw, ref)).uid, mode)
+
+    run(config, body)
+
+
+@click.command("xwevents")
+@click.argument("ref", required=False)
+@xw_options
+def xwevents(ref: str | None, config: Path | None, fmt: str) -> None:
+    """Show the event log of one object (a deleted one too, by uid), or all you can see."""
+
+    async def body(xw: XWClient) -> None:
+        uid = None
+        if ref is not None:
+            uri = parse_uri(ref)
+            uid = uri.uid if uri else ref.lower() if is_uid(ref.lower()) else (await find_any(xw, ref)).uid
+        echo_objects("event", await xw.events(object_uid=uid), fmt)
+
+    run(config, body)
+
+
+# --- users and groups -----------------------------------------------------------------------------
+
+
+@click.command("xwsenduser")
+@click.argument("login")
+@click.argument("password")
+@click.argument("email")
+@click.argument("rights", required=False)
+@click.argument("group", required=False)
+@xw_options
+def xwsenduser(
+    login: str,
+    password: str,
+    email: str,
+    rights: str | None,
+    group: str | None,
+    config: Path | None,
+    fmt: str,
+) -> None:
+    """Create a user: LOGIN PASSWORD EMAIL [RIGHTS] [GROUP]; prints its URI and a client config for it."""
+
+    async def body(xw: XWClient) -> None:
+        level = parse_user_rights(rights) if rights else UserRights.STANDARD_USER
+        group_uid = await xw.resolve(USERGROUP, group) if group else None
+        new = UserIn(login=login, password=password, email=email, rights=level, usergroup=group_uid)
+        echo_created(xw, USER, [await xw.create_user(new)], fmt)
+        if fmt == "short":
+            ca = str(xw.cfg.ca.absolute()) if xw.cfg.ca else None
+            conf = {"server": xw.cfg.server, "ca": ca, "login": login, "password": password}
+            click.echo(f"# client config for {login} (copy the CA file too; use with --xwconfig FILE)")
+            click.echo(dump_flat_toml(conf), nl=False)
+
+    run(config, body)
+
+
+@click.command("xwsendusergroup")
+@click.argument("label")
+@click.option("--xwproject", "project", is_flag=True, help="Workers of this group run only its jobs.")
+@xw_options
+def xwsendusergroup(label: str, project: bool, config: Path | None, fmt: str) -> None:
+    """Create a usergroup (administrators)."""
+
+    async def body(xw: XWClient) -> None:
+        group = await xw.create_usergroup(UserGroupIn(label=label, project=project))
+        echo_created(xw, USERGROUP, [group], fmt)
+
+    run(config, body)
