@@ -13,11 +13,11 @@ from common.rights import parse_mode
 
 MAX_NAME = 128
 MAX_ARGS = 8192
-_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+@=:-]*$")
+_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+@=:-]*")
 
 
 def _check_name(v: str) -> str:
-    if ".." in v or not _NAME_RE.match(v):
+    if ".." in v or not _NAME_RE.fullmatch(v):
         raise ValueError(
             "must start with a letter, digit or '_' and hold only letters, digits and _.+@=:- "
             "(no '/', '\\\\', '..', spaces or control characters)"

@@ -40,6 +40,7 @@ class RouteSpec:
     query: dict[str, str] = field(default_factory=dict)
     raw_body: str | None = None  # media type of a streamed request body
     raw_response: str | None = None  # media type of a streamed response
+    also: tuple[int, ...] = ()  # other success statuses
 
 
 class Routes:
@@ -62,6 +63,7 @@ class Routes:
         query: dict[str, str] | None = None,
         raw_body: str | None = None,
         raw_response: str | None = None,
+        also: tuple[int, ...] = (),
     ) -> Callable[[Handler], Handler]:
         def deco(handler: Handler) -> Handler:
             self.specs.append(
@@ -78,6 +80,7 @@ class Routes:
                     query or {},
                     raw_body,
                     raw_response,
+                    also,
                 )
             )
             if public:
@@ -101,7 +104,7 @@ async def read_body(request: web.Request, model: type[M], max_bytes: int) -> M:
     """Parse and validate a JSON body; malformed JSON is 400, invalid fields 422 naming them."""
     if request.content_length is not None and request.content_length > max_bytes:
         raise PayloadTooLarge(f"JSON body over {max_bytes} bytes")
-    raw = await request.content.read(max_bytes + 1)
+    raw = await request.read()  # all of it (content.read(n) stops at a chunk); 413 past client_max_size
     if len(raw) > max_bytes:
         raise PayloadTooLarge(f"JSON body over {max_bytes} bytes")
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
@@ -28,14 +29,14 @@ def build(tables: list[Routes]) -> dict[str, Any]:
     specs = [s for t in tables for s in t.specs]
     models: set[type[BaseModel]] = {m for s in specs for m in (s.body, s.response) if m is not None}
     ordered = sorted(models, key=lambda m: m.__name__)
-    _, defs = models_json_schema(
+    refs, defs = models_json_schema(
         [(m, "validation") for m in ordered], ref_template="#/components/schemas/{model}"
     )
     schemas = dict(defs.get("$defs", {}))
     schemas["Problem"] = PROBLEM_SCHEMA
     paths: dict[str, dict[str, Any]] = {}
     for spec in specs:
-        paths.setdefault(spec.path, {})[spec.method.lower()] = _operation(spec)
+        paths.setdefault(spec.path, {})[spec.method.lower()] = _operation(spec, refs)
     return {
         "openapi": "3.1.0",
         "info": {"title": "xwhep", "version": __version__},
@@ -52,11 +53,13 @@ def build(tables: list[Routes]) -> dict[str, Any]:
     }
 
 
-def _ref(model: type[BaseModel]) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{model.__name__}"}
+Refs = Mapping[tuple[Any, Any], Any]
 
 
-def _operation(spec: RouteSpec) -> dict[str, Any]:
+def _operation(spec: RouteSpec, refs: Refs) -> dict[str, Any]:
+    def _ref(model: type[BaseModel]) -> dict[str, str]:
+        return {"$ref": str(refs[(model, "validation")]["$ref"])}
+
     op: dict[str, Any] = {
         "summary": spec.summary,
         "tags": [spec.tag],
@@ -93,7 +96,9 @@ def _operation(spec: RouteSpec) -> dict[str, Any]:
         "description": "error",
         "content": {PROBLEM_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
     }
-    op["responses"] = {str(spec.status): ok, "4XX": problem}
+    op["responses"] = {str(spec.status): ok, "4XX": problem, "5XX": problem}
+    for extra in spec.also:
+        op["responses"][str(extra)] = ok
     if spec.public:
         op["security"] = []
     return op

@@ -141,6 +141,15 @@ class Job(OwnedMixin, Base):
     __table_args__ = (Index("ix_jobs_status_created", "status", "created"),)
 
 
+class JobRef(Base):
+    """A data object a job reads (input, env or stdin): finds waiting jobs when data arrives."""
+
+    __tablename__ = "job_refs"
+
+    job_uid: Mapped[str] = mapped_column(ForeignKey("jobs.uid", ondelete="CASCADE"), primary_key=True)
+    data_uid: Mapped[str] = mapped_column(UID, primary_key=True, index=True)
+
+
 class Host(OwnedMixin, Base):
     """A worker host (filled in by the worker issue)."""
 

@@ -58,6 +58,7 @@ async def list_apps(request: web.Request) -> web.Response:
     body=AppIn,
     response=AppOut,
     status=201,
+    also=(200,),
 )
 async def create_app(request: web.Request) -> web.Response:
     """XWHEP's sendapp: a second call with the same name adds (or replaces) binaries for its platforms."""

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 from aiohttp import web
-from sqlalchemy import select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from common.enums import CPU, OS, DataStatus, JobStatus
 from common.errors import Conflict, ValidationFailed
-from common.jobstates import Trigger, advance
+from common.jobstates import FINAL, Trigger, advance
 from common.rights import Perm
 from common.schemas import DataIn, DataOut, Page
 from common.uri import new_uid
 from server.authz import Actor, default_rights, require, require_may_insert, require_may_list
-from server.db.models import Blob, Data, Job
+from server.db.models import Blob, Data, Job, JobRef
 from server.events import record
 from server.http import Routes, read_body, reply
 from server.routes.base import load, owned, paged, path_uid, rights_for
@@ -140,34 +140,31 @@ async def put_content(request: web.Request) -> web.Response:
 
 
 async def _release_waiting_jobs(session: AsyncSession, actor: Actor, data: Data) -> None:
-    """Jobs of this owner waiting for inputs become PENDING once all their inputs are available."""
-    jobs = (
-        (
-            await session.execute(
-                select(Job).where(Job.status == JobStatus.UNAVAILABLE.value, Job.owner_uid == data.owner_uid)
-            )
+    """Jobs waiting for inputs become PENDING once all of them are available (whoever owns them)."""
+    waiting = select(Job).join(JobRef, JobRef.job_uid == Job.uid)
+    waiting = waiting.where(JobRef.data_uid == data.uid, Job.status == JobStatus.UNAVAILABLE.value)
+    for job in (await session.execute(waiting)).scalars().all():
+        missing = (
+            select(func.count())
+            .select_from(JobRef)
+            .outerjoin(Data, Data.uid == JobRef.data_uid)
+            .where(JobRef.job_uid == job.uid)
+            .where(or_(Data.uid.is_(None), Data.status != DataStatus.AVAILABLE.value))
         )
-        .scalars()
-        .all()
-    )
-    for job in jobs:
-        refs = [*job.inputs, *job.env, *([job.stdin_uid] if job.stdin_uid else [])]
-        if data.uid not in refs:
+        if (await session.execute(missing)).scalar_one():
             continue
-        rows = (await session.execute(select(Data.status).where(Data.uid.in_(refs)))).scalars().all()
-        if all(s == DataStatus.AVAILABLE.value for s in rows):
-            step = advance(JobStatus.UNAVAILABLE, Trigger.INPUTS_READY)
-            job.status = step.status.value
-            record(
-                session,
-                actor,
-                "work",
-                job,
-                "inputs_ready",
-                from_status=JobStatus.UNAVAILABLE.value,
-                to_status=job.status,
-                reason=f"input {data.uid} uploaded",
-            )
+        step = advance(JobStatus.UNAVAILABLE, Trigger.INPUTS_READY)
+        job.status = step.status.value
+        record(
+            session,
+            actor,
+            "work",
+            job,
+            "inputs_ready",
+            from_status=JobStatus.UNAVAILABLE.value,
+            to_status=job.status,
+            reason=f"input {data.uid} uploaded",
+        )
 
 
 @routes.add(
@@ -196,6 +193,11 @@ async def get_content(request: web.Request) -> web.StreamResponse:
 async def delete_data_in(session: AsyncSession, actor: Actor, data: Data) -> str | None:
     """Delete a data object; returns the sha256 whose file must go once the transaction commits."""
     require(actor, data, Perm.WRITE, "data")
+    users = select(Job.uid).join(JobRef, JobRef.job_uid == Job.uid)
+    users = users.where(JobRef.data_uid == data.uid, Job.status.not_in([s.value for s in FINAL])).limit(1)
+    busy = (await session.execute(users)).scalar_one_or_none()
+    if busy is not None:
+        raise Conflict(f"data {data.name!r} is an input of unfinished job {busy}; remove the job first")
     record(session, actor, "data", data, "delete", reason=data.name)
     sha = data.sha256
     await session.delete(data)

@@ -12,7 +12,7 @@ from common.rights import Perm
 from common.schemas import ForwardAddress, JobIn, JobOut, Page
 from common.uri import new_uid
 from server.authz import Actor, default_rights, require, require_may_insert, require_may_list
-from server.db.models import App, Data, Job, utcnow
+from server.db.models import App, Data, Job, JobRef, utcnow
 from server.events import record
 from server.http import Routes, read_body, reply
 from server.routes.base import load, owned, paged, path_uid, rights_for
@@ -132,6 +132,8 @@ async def submit(request: web.Request) -> web.Response:
             created=utcnow(),
         )
         session.add(job)
+        await session.flush()
+        session.add_all(JobRef(job_uid=job.uid, data_uid=uid) for uid in dict.fromkeys(refs))
         record(session, actor, "work", job, "submit", to_status=status.value, reason=f"app {app.name}")
     return reply(job_out(job), status=201)
 

@@ -18,7 +18,7 @@ from server.routes.apps import delete_app_in
 from server.routes.base import path_uid
 from server.routes.data import delete_data_in
 from server.routes.jobs import delete_job_in
-from server.routes.users import delete_group_in
+from server.routes.users import delete_group_in, delete_user_in
 from server.state import actor_of, services
 
 routes = Routes("objects")
@@ -85,7 +85,7 @@ async def remove(request: web.Request) -> web.Response:
         elif isinstance(obj, UserGroup):
             await delete_group_in(session, actor, obj)
         elif isinstance(obj, User):
-            raise Forbidden("delete users with DELETE /api/v1/users/{uid}")
+            await delete_user_in(session, actor, obj)
         else:
             require(actor, obj, Perm.WRITE, kind)
             record(session, actor, kind, obj, "delete")

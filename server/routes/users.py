@@ -14,7 +14,7 @@ from common.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from common.rights import GROUP, PRIVATE, Perm
 from common.schemas import Page, UserGroupIn, UserGroupOut, UserIn, UserOut, UserPatch
 from common.uri import is_uid, new_uid
-from server.authz import Actor, require_may_create_user, require_may_list
+from server.authz import Actor, require, require_may_create_user, require_may_list
 from server.db.models import User, UserGroup
 from server.events import record
 from server.http import Routes, read_body, reply
@@ -157,13 +157,19 @@ def _require_admin_over(actor: Actor, user: User) -> None:
 async def delete_user(request: web.Request) -> web.Response:
     actor = actor_of(request)
     async with services(request).sessions() as session, session.begin():
-        user = await load(session, User, path_uid(request), actor, Perm.WRITE, "user")
-        _require_admin_over(actor, user)
-        if user.uid == actor.uid:
-            raise Forbidden("you cannot delete yourself")
-        record(session, actor, "user", user, "delete", reason=user.login)
-        await session.delete(user)
+        user = await load(session, User, path_uid(request), actor, Perm.READ, "user")
+        await delete_user_in(session, actor, user)
     return web.Response(status=204)
+
+
+async def delete_user_in(session: AsyncSession, actor: Actor, user: User) -> None:
+    """Delete a user (administrators of it only; never yourself). Its objects stay, owned by its uid."""
+    require(actor, user, Perm.WRITE, "user")
+    _require_admin_over(actor, user)
+    if user.uid == actor.uid:
+        raise Forbidden("you cannot delete yourself")
+    record(session, actor, "user", user, "delete", reason=user.login)
+    await session.delete(user)
 
 
 @routes.add("GET", "/usergroups", summary="List usergroups", response=Page[UserGroupOut])

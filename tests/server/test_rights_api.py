@@ -13,9 +13,14 @@ async def _script_app(xw, name: str, tmp_path, rights: str | None = None):  # ty
     script = tmp_path / f"{name}.sh"
     script.write_text("#!/bin/sh\necho hi\n")
     data = await xw.send_file(script, access_rights="1700")
-    return await xw.send_app(AppIn(name=name, type=AppType.SCRIPT, binaries=[{"os": "ANY", "cpu": "ANY",
-                                                                               "data": data.uid}],
-                                   access_rights=rights))
+    return await xw.send_app(
+        AppIn(
+            name=name,
+            type=AppType.SCRIPT,
+            binaries=[{"os": "ANY", "cpu": "ANY", "data": data.uid}],
+            access_rights=rights,
+        )
+    )
 
 
 async def test_private_app_invisible_until_chmod_755(grid, tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -192,8 +192,22 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_users_group_uid"), ["group_uid"], unique=False)
         batch_op.create_index(batch_op.f("ix_users_owner_uid"), ["owner_uid"], unique=False)
 
+    op.create_table(
+        "job_refs",
+        sa.Column("job_uid", sa.String(length=36), nullable=False),
+        sa.Column("data_uid", sa.String(length=36), nullable=False),
+        sa.ForeignKeyConstraint(["job_uid"], ["jobs.uid"], ondelete="CASCADE"),
+        sa.PrimaryKeyConstraint("job_uid", "data_uid"),
+    )
+    with op.batch_alter_table("job_refs", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_job_refs_data_uid"), ["data_uid"], unique=False)
+
 
 def downgrade() -> None:
+    with op.batch_alter_table("job_refs", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_job_refs_data_uid"))
+
+    op.drop_table("job_refs")
     with op.batch_alter_table("users", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_users_owner_uid"))
         batch_op.drop_index(batch_op.f("ix_users_group_uid"))
