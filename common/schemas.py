@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Generic, TypeVar
+from typing import Annotated, Generic, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -209,6 +209,7 @@ class JobIn(Model):
     max_retries: Annotated[int, Field(ge=0, le=1000)] = 10
     listen_ports: list[Port] = Field(default_factory=list, max_length=16)
     forward_addresses: list[ForwardAddress] = Field(default_factory=list, max_length=16)
+    memory: Annotated[int, Field(ge=0)] | None = None  # bytes; default: the app's min_memory
     access_rights: Mode | None = None
 
 
@@ -233,6 +234,9 @@ class JobOut(Owned):
     host: str | None
     started: datetime | None
     completed: datetime | None
+    memory: int = 0
+    cpu_seconds: float = 0.0
+    max_rss: int = 0
 
 
 class ChmodIn(Model):
@@ -258,3 +262,94 @@ class EventOut(Model):
     from_status: str | None
     to_status: str | None
     reason: str | None
+
+
+# --- workers ----------------------------------------------------------------------------------------
+
+
+class HostIn(Model):
+    """What a worker tells the server about its machine when it enrols."""
+
+    name: Name
+    os: OS
+    cpu: CPU
+    cores: Annotated[int, Field(ge=1, le=4096)] = 1
+    memory: Annotated[int, Field(ge=0)] = 0
+    disk: Annotated[int, Field(ge=0)] = 0
+    version: Annotated[str, Field(max_length=32)] = ""
+    sandbox: Annotated[str, Field(max_length=64)] = ""
+    project: Name | None = None  # usergroup label: run only that group's jobs
+    shared_apps: list[Name] = Field(default_factory=list, max_length=64)
+
+
+class HostOut(Owned):
+    name: str
+    os: OS
+    cpu: CPU
+    cores: int
+    memory: int
+    disk: int
+    version: str
+    sandbox: str
+    project: str | None
+    last_alive: datetime | None
+    alive: bool
+    running: int
+
+
+class Enrolment(Model):
+    """The server's answer to an enrolment: the host record and the heartbeat timing it wants."""
+
+    host: HostOut
+    alive_period: float
+    alive_timeout: float
+
+
+class FileRef(Model):
+    """A data object a worker must fetch for a job (by sha256, through the job-scoped route)."""
+
+    uid: str
+    name: str
+    sha256: str
+    size: int
+
+
+class Assignment(Model):
+    """A job claimed for a host, with everything the worker needs to run it."""
+
+    job: JobOut
+    app_name: str
+    app_type: AppType
+    executable: FileRef
+    inputs: list[FileRef]
+    stdin: FileRef | None
+    wallclock: int | None
+    memory: int
+
+
+class JobUsage(Model):
+    job: str
+    cpu_seconds: float = 0.0
+    max_rss: int = 0
+    wall_seconds: float = 0.0
+
+
+class Heartbeat(Model):
+    running: list[JobUsage] = Field(default_factory=list, max_length=4096)
+
+
+class HeartbeatReply(Model):
+    alive_period: float
+    kill: dict[str, str]  # job uid -> reason
+
+
+class JobReport(Model):
+    """A worker's report of a job that ends without results, or whose results are pending."""
+
+    outcome: Literal["failed", "result_pending", "abort"]
+    reason: Annotated[str, Field(max_length=1024)] = ""
+    return_code: int | None = None
+
+
+class HoldIn(Model):
+    reason: Annotated[str, Field(max_length=512)] = ""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -10,10 +12,11 @@ from aiohttp import web
 
 from server.auth import auth_middleware, server_ssl_context
 from server.db.engine import make_engine, make_sessionmaker, upgrade
+from server.dispatch import Dispatcher
 from server.http import Routes, problem_middleware
 from server.openapi import openapi_routes
 from server.pki import CA
-from server.routes import apps, auth, data, jobs, objects, users
+from server.routes import apps, auth, data, hosts, jobs, objects, users
 from server.settings import ServerSettings
 from server.state import SERVICES, Services
 from server.store import DataStore
@@ -48,13 +51,24 @@ def create_app(settings: ServerSettings, *, migrate: bool = True) -> web.Applica
             signer=TokenSigner.from_file(settings.jwt_key, settings.token_ttl),
             ca=CA.load(settings.ca_cert, settings.ca_key),
             store=DataStore(settings.store_dir),
+            dispatcher=Dispatcher(),
         )
         try:
             yield
         finally:
             await engine.dispose()
 
+    async def reaper_ctx(app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(hosts.reaper_loop(app[SERVICES]), name="reaper")
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
     app.cleanup_ctx.append(services_ctx)
+    app.cleanup_ctx.append(reaper_ctx)
     for table in [*ROUTE_TABLES, openapi_routes(ROUTE_TABLES)]:
         table.install(app)
     return app

@@ -12,6 +12,9 @@ from common.config import read_toml
 DEFAULT_PORT = 4321
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_TOKEN_TTL = 3600
+DEFAULT_ALIVE_PERIOD = 10.0
+DEFAULT_ALIVE_TIMEOUT = 30.0
+DEFAULT_LONGPOLL = 30.0
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
 MAX_JSON_BYTES = 1 << 20
@@ -30,6 +33,9 @@ class ServerSettings:
     token_ttl: int = DEFAULT_TOKEN_TTL
     extra_ca_dir: str = ""  # more CAs whose client certificates are trusted
     max_json_bytes: int = MAX_JSON_BYTES
+    alive_period: float = DEFAULT_ALIVE_PERIOD  # seconds between worker heartbeats
+    alive_timeout: float = DEFAULT_ALIVE_TIMEOUT  # a host silent this long is lost; its jobs go back
+    longpoll: float = DEFAULT_LONGPOLL  # longest wait of a work request
     env_keys: tuple[str, ...] = field(default=(), compare=False)
 
     @property
@@ -80,6 +86,8 @@ _ENV = {
     "XW_DATABASE_URL": "database_url",
     "XW_TOKEN_TTL": "token_ttl",
     "XW_EXTRA_CA_DIR": "extra_ca_dir",
+    "XW_ALIVE_PERIOD": "alive_period",
+    "XW_ALIVE_TIMEOUT": "alive_timeout",
 }
 
 
@@ -104,4 +112,7 @@ def load_settings(home: Path, **overrides: Any) -> ServerSettings:
     for key in ("port", "token_ttl", "max_json_bytes"):
         if key in values:
             values[key] = int(values[key])
+    for key in ("alive_period", "alive_timeout", "longpoll"):
+        if key in values:
+            values[key] = float(values[key])
     return replace(settings, **values)

@@ -8,6 +8,7 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from server.authz import Actor
+from server.dispatch import Dispatcher
 from server.pki import CA
 from server.settings import ServerSettings
 from server.store import DataStore
@@ -24,6 +25,7 @@ class Services:
     signer: TokenSigner
     ca: CA
     store: DataStore
+    dispatcher: Dispatcher
 
 
 SERVICES = web.AppKey("services", Services)

@@ -10,6 +10,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -137,6 +138,11 @@ class Job(OwnedMixin, Base):
     host_uid: Mapped[str | None] = mapped_column(UID, index=True)
     started: Mapped[datetime | None] = mapped_column()
     completed: Mapped[datetime | None] = mapped_column()
+    # Platforms the job can run on: "*" (script app) or "|OS/CPU|OS/CPU|" from the app's binaries.
+    platforms: Mapped[str] = mapped_column(String(1024), default="*")
+    memory: Mapped[int] = mapped_column(BigInteger, default=0)
+    cpu_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    max_rss: Mapped[int] = mapped_column(BigInteger, default=0)
 
     __table_args__ = (Index("ix_jobs_status_created", "status", "created"),)
 
@@ -162,9 +168,11 @@ class Host(OwnedMixin, Base):
     memory: Mapped[int] = mapped_column(BigInteger, default=0)
     disk: Mapped[int] = mapped_column(BigInteger, default=0)
     version: Mapped[str] = mapped_column(String(32), default="")
-    sandbox: Mapped[str] = mapped_column(String(32), default="")
-    last_alive: Mapped[datetime | None] = mapped_column()
+    sandbox: Mapped[str] = mapped_column(String(64), default="")
+    last_alive: Mapped[datetime | None] = mapped_column(index=True)
     active: Mapped[bool] = mapped_column(Boolean, default=True)
+    project_uid: Mapped[str | None] = mapped_column(UID)
+    shared_apps: Mapped[list[str]] = mapped_column(JSON, default=list)
 
 
 class Event(Base):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from aiohttp import web
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -16,6 +16,7 @@ from server.authz import Actor, can_administer, default_rights, require, require
 from server.db.models import App, Data, Job
 from server.events import record
 from server.http import Routes, read_body, reply
+from server.matching import platforms_of
 from server.routes.base import load, owned, paged, path_uid, rights_for
 from server.state import actor_of, services
 
@@ -77,6 +78,11 @@ async def create_app(request: web.Request) -> web.Response:
             merged = {(b["os"], b["cpu"]): b for b in existing.binaries}
             merged.update({(b.os.value, b.cpu.value): b.model_dump(mode="json") for b in body.binaries})
             existing.binaries = list(merged.values())
+            await session.execute(
+                update(Job)
+                .where(Job.app_uid == existing.uid, Job.status.in_(["PENDING", "UNAVAILABLE", "WAITING"]))
+                .values(platforms=platforms_of(existing))
+            )
             if body.env:
                 existing.env_uid = body.env
             if body.wallclock:

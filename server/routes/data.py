@@ -18,6 +18,7 @@ from server.events import record
 from server.http import Routes, read_body, reply
 from server.routes.base import load, owned, paged, path_uid, rights_for
 from server.state import actor_of, services
+from server.store import DataStore, Ingested
 
 routes = Routes("data")
 
@@ -116,13 +117,7 @@ async def put_content(request: web.Request) -> web.Response:
                 data = await load(session, Data, uid, actor, Perm.WRITE, "data")
                 if data.status == DataStatus.AVAILABLE.value:
                     raise Conflict(f"data {uid} already has content; data objects are immutable")
-                blob = await session.get(Blob, item.sha256, with_for_update=True)
-                if blob is None:
-                    session.add(Blob(sha256=item.sha256, size=item.size, refcount=1))
-                else:
-                    blob.refcount += 1
-                svc.store.place(item)
-                data.sha256, data.size, data.status = item.sha256, item.size, DataStatus.AVAILABLE.value
+                await attach(session, svc.store, data, item)
                 record(
                     session,
                     actor,
@@ -136,7 +131,23 @@ async def put_content(request: web.Request) -> web.Response:
                 await _release_waiting_jobs(session, actor, data)
         finally:
             svc.store.discard(item)
+    svc.dispatcher.notify()  # jobs waiting for this input may have become PENDING
     return reply(data_out(data))
+
+
+async def attach(session: AsyncSession, store: DataStore, data: Data, item: Ingested) -> None:
+    """Give ``data`` the uploaded content: count a reference to its blob and move the file into place.
+
+    The caller holds ``store.lock(item.sha256)`` and discards ``item`` afterwards; the file is placed
+    inside the transaction that makes the data AVAILABLE.
+    """
+    blob = await session.get(Blob, item.sha256, with_for_update=True)
+    if blob is None:
+        session.add(Blob(sha256=item.sha256, size=item.size, refcount=1))
+    else:
+        blob.refcount += 1
+    store.place(item)
+    data.sha256, data.size, data.status = item.sha256, item.size, DataStatus.AVAILABLE.value
 
 
 async def _release_waiting_jobs(session: AsyncSession, actor: Actor, data: Data) -> None:

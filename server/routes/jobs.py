@@ -7,14 +7,17 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from common.enums import AppType, DataStatus, JobStatus
-from common.errors import ValidationFailed
+from common.errors import Conflict, ValidationFailed
+from common.jobstates import Trigger
 from common.rights import Perm
-from common.schemas import ForwardAddress, JobIn, JobOut, Page
+from common.schemas import ForwardAddress, HoldIn, JobIn, JobOut, Page
 from common.uri import new_uid
 from server.authz import Actor, default_rights, require, require_may_insert, require_may_list
 from server.db.models import App, Data, Job, JobRef, utcnow
 from server.events import record
 from server.http import Routes, read_body, reply
+from server.jobflow import move
+from server.matching import platforms_of
 from server.routes.base import load, owned, paged, path_uid, rights_for
 from server.state import actor_of, services
 
@@ -44,6 +47,9 @@ def job_out(j: Job) -> JobOut:
         host=j.host_uid,
         started=j.started,
         completed=j.completed,
+        memory=j.memory,
+        cpu_seconds=j.cpu_seconds,
+        max_rss=j.max_rss,
     )
 
 
@@ -130,11 +136,15 @@ async def submit(request: web.Request) -> web.Response:
             forward_addresses=[f.model_dump() for f in body.forward_addresses],
             status=status.value,
             created=utcnow(),
+            platforms=platforms_of(app),
+            memory=body.memory if body.memory is not None else app.min_memory,
         )
         session.add(job)
         await session.flush()
         session.add_all(JobRef(job_uid=job.uid, data_uid=uid) for uid in dict.fromkeys(refs))
         record(session, actor, "work", job, "submit", to_status=status.value, reason=f"app {app.name}")
+    if status is JobStatus.PENDING:
+        svc.dispatcher.notify()
     return reply(job_out(job), status=201)
 
 
@@ -159,3 +169,38 @@ async def delete_job(request: web.Request) -> web.Response:
         job = await load(session, Job, path_uid(request), actor, Perm.READ, "job")
         await delete_job_in(session, actor, job)
     return web.Response(status=204)
+
+
+@routes.add(
+    "POST", "/jobs/{uid}/hold", summary="Hold a job (owner or administrator)", body=HoldIn, response=JobOut
+)
+async def hold(request: web.Request) -> web.Response:
+    svc = services(request)
+    actor = actor_of(request)
+    body = await read_body(request, HoldIn, svc.settings.max_json_bytes)
+    async with svc.sessions() as session, session.begin():
+        job = await load(session, Job, path_uid(request), actor, Perm.READ, "job")
+        require(actor, job, Perm.WRITE, "job")
+        move(
+            session,
+            actor,
+            job,
+            Trigger.HOLD,
+            f"held by {actor.login}" + (f": {body.reason}" if body.reason else ""),
+        )
+    return reply(job_out(job))
+
+
+@routes.add("POST", "/jobs/{uid}/release", summary="Release a held job back to PENDING", response=JobOut)
+async def release(request: web.Request) -> web.Response:
+    svc = services(request)
+    actor = actor_of(request)
+    async with svc.sessions() as session, session.begin():
+        job = await load(session, Job, path_uid(request), actor, Perm.READ, "job")
+        require(actor, job, Perm.WRITE, "job")
+        refs = [*job.inputs, *job.env, *([job.stdin_uid] if job.stdin_uid else [])]
+        if job.status == JobStatus.WAITING.value and not await _inputs_available(session, actor, refs):
+            raise Conflict(f"job {job.uid} still waits for input data; upload it, then release")
+        move(session, actor, job, Trigger.RELEASE, f"released by {actor.login}")
+    svc.dispatcher.notify()
+    return reply(job_out(job))

@@ -72,9 +72,11 @@ def upgrade() -> None:
         sa.Column("memory", sa.BigInteger(), nullable=False),
         sa.Column("disk", sa.BigInteger(), nullable=False),
         sa.Column("version", sa.String(length=32), nullable=False),
-        sa.Column("sandbox", sa.String(length=32), nullable=False),
+        sa.Column("sandbox", sa.String(length=64), nullable=False),
         sa.Column("last_alive", sa.DateTime(timezone=True), nullable=True),
         sa.Column("active", sa.Boolean(), nullable=False),
+        sa.Column("project_uid", sa.String(length=36), nullable=True),
+        sa.Column("shared_apps", sa.JSON(), nullable=False),
         sa.Column("uid", sa.String(length=36), nullable=False),
         sa.Column("owner_uid", sa.String(length=36), nullable=True),
         sa.Column("group_uid", sa.String(length=36), nullable=True),
@@ -85,6 +87,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("hosts", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_hosts_group_uid"), ["group_uid"], unique=False)
+        batch_op.create_index(batch_op.f("ix_hosts_last_alive"), ["last_alive"], unique=False)
         batch_op.create_index(batch_op.f("ix_hosts_name"), ["name"], unique=False)
         batch_op.create_index(batch_op.f("ix_hosts_owner_uid"), ["owner_uid"], unique=False)
 
@@ -151,6 +154,10 @@ def upgrade() -> None:
         sa.Column("host_uid", sa.String(length=36), nullable=True),
         sa.Column("started", sa.DateTime(timezone=True), nullable=True),
         sa.Column("completed", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("platforms", sa.String(length=1024), nullable=False),
+        sa.Column("memory", sa.BigInteger(), nullable=False),
+        sa.Column("cpu_seconds", sa.Float(), nullable=False),
+        sa.Column("max_rss", sa.BigInteger(), nullable=False),
         sa.Column("uid", sa.String(length=36), nullable=False),
         sa.Column("owner_uid", sa.String(length=36), nullable=True),
         sa.Column("group_uid", sa.String(length=36), nullable=True),
@@ -237,6 +244,7 @@ def downgrade() -> None:
     with op.batch_alter_table("hosts", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_hosts_owner_uid"))
         batch_op.drop_index(batch_op.f("ix_hosts_name"))
+        batch_op.drop_index(batch_op.f("ix_hosts_last_alive"))
         batch_op.drop_index(batch_op.f("ix_hosts_group_uid"))
 
     op.drop_table("hosts")
