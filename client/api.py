@@ -17,12 +17,19 @@ from common.errors import NotFound, Unauthorized, ValidationFailed, XWError
 from common.schemas import (
     AppIn,
     AppOut,
+    Assignment,
     CertResponse,
     DataIn,
     DataOut,
+    Enrolment,
     EventOut,
+    Heartbeat,
+    HeartbeatReply,
+    HostIn,
+    HostOut,
     JobIn,
     JobOut,
+    JobReport,
     ObjectRef,
     Page,
     Ping,
@@ -300,6 +307,68 @@ class XWClient:
 
     async def get_job(self, uid: str) -> JobOut:
         return await self._call("GET", f"/jobs/{uid}", JobOut)
+
+    async def hold(self, uid: str, reason: str = "") -> JobOut:
+        return await self._call("POST", f"/jobs/{uid}/hold", JobOut, json={"reason": reason})
+
+    async def release(self, uid: str) -> JobOut:
+        return await self._call("POST", f"/jobs/{uid}/release", JobOut)
+
+    # --- workers ----------------------------------------------------------------------------------
+
+    async def hosts(self, **filters: str) -> list[HostOut]:
+        return await self.all("/hosts", HostOut, filters)
+
+    async def enrol(self, host: HostIn) -> Enrolment:
+        return await self._call(
+            "POST", "/hosts", Enrolment, json=host.model_dump(mode="json", exclude_none=True)
+        )
+
+    async def request_work(self, host_uid: str, wait: float) -> Assignment | None:
+        """Long-poll for a job; None when the server had none within ``wait`` seconds."""
+        resp = await self.open(ApiRequest("POST", f"/hosts/{host_uid}/work", params={"wait": f"{wait:g}"}))
+        try:
+            if resp.status == 204:
+                return None
+            return Assignment.model_validate(await resp.json())
+        finally:
+            await resp.aclose()
+
+    async def fetch_job_file(self, host_uid: str, job_uid: str, data_uid: str, dest: Path) -> None:
+        """Stream one file of a job assigned to this host into ``dest`` (the caller verifies it)."""
+        resp = await self.open(ApiRequest("GET", f"/hosts/{host_uid}/jobs/{job_uid}/files/{data_uid}"))
+        try:
+            with dest.open("wb") as fh:
+                async for chunk in resp.iter_chunks():
+                    await asyncio.to_thread(fh.write, chunk)
+        finally:
+            await resp.aclose()
+
+    async def heartbeat(self, host_uid: str, beat: Heartbeat) -> HeartbeatReply:
+        return await self._call(
+            "POST", f"/hosts/{host_uid}/alive", HeartbeatReply, json=beat.model_dump(mode="json")
+        )
+
+    async def report(self, host_uid: str, job_uid: str, report: JobReport) -> JobOut:
+        return await self._call(
+            "POST", f"/hosts/{host_uid}/jobs/{job_uid}/report", JobOut, json=report.model_dump(mode="json")
+        )
+
+    async def upload_result(self, host_uid: str, job_uid: str, path: Path, return_code: int) -> JobOut:
+        """Stream a job's results zip and complete the job."""
+        digest, _ = await asyncio.to_thread(file_sha256, path)
+        req = ApiRequest(
+            "PUT",
+            f"/hosts/{host_uid}/jobs/{job_uid}/result",
+            params={"return_code": str(return_code)},
+            content=_file_chunks(path, None),
+            headers={"Content-Type": "application/zip", "X-Content-SHA256": digest},
+        )
+        resp = await self.open(req)
+        try:
+            return JobOut.model_validate(await resp.json())
+        finally:
+            await resp.aclose()
 
 
 def _one(kind: str, ref: str, uids: list[str]) -> str:

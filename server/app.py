@@ -30,6 +30,7 @@ ROUTE_TABLES: list[Routes] = [
     apps.routes,
     data.routes,
     jobs.routes,
+    hosts.routes,
     objects.routes,
 ]
 

@@ -61,6 +61,9 @@ def init_home(
     create_key(settings.jwt_key)
     settings.store_dir.mkdir(exist_ok=True)
     upgrade_sync(settings.db_url)
+    db_file = home / "xwhep.db"
+    if db_file.exists():
+        db_file.chmod(0o600)  # password hashes: SQLite would create it with the umask's mode
     password = secrets.token_urlsafe(18)
     asyncio.run(add_user(settings.db_url, ADMIN_LOGIN, password, UserRights.SUPER_USER))
     write_client_conf(

@@ -174,18 +174,13 @@ async def list_hosts(request: web.Request) -> web.Response:
     async with svc.sessions() as session:
         rows, total, offset, limit = await paged(session, request, actor, Host, stmt, Host.name)
         uids = [h.uid for h in rows]
-        counts = dict(
-            (
-                await session.execute(
-                    select(Job.host_uid, func.count())
-                    .where(Job.host_uid.in_(uids), Job.status.in_(ACTIVE_VALUES))
-                    .group_by(Job.host_uid)
-                )
-            )
-            .tuples()
-            .all()
+        per_host = (
+            select(Job.host_uid, func.count())
+            .where(Job.host_uid.in_(uids), Job.status.in_(ACTIVE_VALUES))
+            .group_by(Job.host_uid)
         )
-        labels = dict((await session.execute(select(UserGroup.uid, UserGroup.label))).tuples().all())
+        counts = {str(h): int(n) for h, n in (await session.execute(per_host)).all()}
+        labels = {u: lab for u, lab in (await session.execute(select(UserGroup.uid, UserGroup.label))).all()}
     items = [host_out(h, svc, counts.get(h.uid, 0), labels.get(h.project_uid or "")) for h in rows]
     return reply(Page[HostOut](items=items, total=total, offset=offset, limit=limit))
 

@@ -1,0 +1,145 @@
+"""``xwworker``: run a volunteer worker (or a private one, with a standard user's credentials)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import click
+
+from client.api import XWClient
+from client.config import ConfigError, load_config
+from common.errors import XWError
+from worker.daemon import Worker, WorkerOptions
+from worker.sandbox import detect
+
+_SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B)?$", re.IGNORECASE)
+_WINDOW = re.compile(r"^(?:\*\s+)?(\d{1,2})-(\d{1,2})$")
+
+
+def parse_size(text: str) -> int:
+    """``512M``, ``2GiB``, ``1000`` (bytes) -> bytes."""
+    m = _SIZE.match(text.strip())
+    if not m:
+        raise click.BadParameter(f"{text!r} is not a size such as 512M or 2G")
+    factor = 1024 ** " KMGT".index(m.group(2).upper() or " ")
+    return int(float(m.group(1)) * factor)
+
+
+def parse_window(text: str) -> tuple[int, int]:
+    """XWHEP's activation window ``* 20-7`` (or ``20-7``): work from 20:00 to 07:00."""
+    m = _WINDOW.match(text.strip())
+    if not m or not all(0 <= int(h) <= 24 for h in m.groups()):
+        raise click.BadParameter(f"{text!r} is not an hour window such as '* 20-7'")
+    return int(m.group(1)) % 24, int(m.group(2)) % 24
+
+
+def default_work_dir(name: str) -> Path:
+    """Where a worker keeps jobs and cache: jobs of a root worker run as nobody, so not under /root."""
+    return Path(f"/var/lib/xwhep/worker/{name}") if os.geteuid() == 0 else Path(f"~/.xwhep/worker/{name}")
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--xwconfig", "config", type=click.Path(path_type=Path), help="Worker credentials (a client config)."
+)
+@click.option("--name", default=None, help="Host name to enrol as (default: this machine's name).")
+@click.option("--slots", type=click.IntRange(1, 1024), default=None, help="Jobs at once (default: cores).")
+@click.option(
+    "--work-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Jobs and cache (default ~/.xwhep/worker/NAME).",
+)
+@click.option("--cache-size", default="2G", show_default=True, help="Cache limit, e.g. 512M or 2G.")
+@click.option("--max-jobs", type=click.IntRange(1), default=None, help="Pilot mode: exit after N jobs.")
+@click.option(
+    "--max-idle", type=click.FloatRange(0), default=None, help="Pilot mode: exit after idling that long (s)."
+)
+@click.option("--project", default=None, help="Run only this usergroup's jobs.")
+@click.option("--activation", default=None, help="Work only in this hour window, e.g. '* 20-7'.")
+@click.option("--sandbox", type=click.Choice(["auto", "bwrap", "none"]), default="auto", show_default=True)
+@click.option(
+    "--memory-limit",
+    default="4G",
+    show_default=True,
+    help="Address-space cap of a job that asks for no memory.",
+)
+@click.option(
+    "--longpoll",
+    type=click.FloatRange(1, 300),
+    default=30.0,
+    show_default=True,
+    help="Work request wait (s).",
+)
+@click.option("-v", "--verbose", is_flag=True)
+def main(
+    config: Path | None,
+    name: str | None,
+    slots: int | None,
+    work_dir: Path | None,
+    cache_size: str,
+    max_jobs: int | None,
+    max_idle: float | None,
+    project: str | None,
+    activation: str | None,
+    sandbox: str,
+    memory_limit: str,
+    longpoll: float,
+    verbose: bool,
+) -> None:
+    """Pull jobs from an xwhep server over TLS and run them in a sandbox."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    name = name or socket.gethostname()
+    try:
+        cfg = load_config(config)
+        box = detect(sandbox)
+    except (ConfigError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from None
+    opts = WorkerOptions(
+        name=name,
+        work_dir=(work_dir or default_work_dir(name)).expanduser(),
+        slots=slots or os.cpu_count() or 1,
+        cache_bytes=parse_size(cache_size),
+        sandbox=box,
+        max_jobs=max_jobs,
+        max_idle=max_idle,
+        project=project,
+        longpoll=longpoll,
+        activation=parse_window(activation) if activation else None,
+        memory_limit=parse_size(memory_limit),
+    )
+    opts.work_dir.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() == 0:
+        opts.work_dir.chmod(0o711)
+    try:
+        box.check_reachable(opts.work_dir / "jobs")
+    except RuntimeError as exc:
+        raise click.ClickException(f"--work-dir {opts.work_dir}: {exc}") from None
+    try:
+        reason = asyncio.run(_serve(cfg, opts))
+    except XWError as err:
+        raise click.ClickException(err.reason) from None
+    click.echo(f"xwworker {name}: {reason}", err=True)
+
+
+async def _serve(cfg: object, opts: WorkerOptions) -> str:
+    from client.config import ClientConfig
+
+    assert isinstance(cfg, ClientConfig)
+    async with XWClient(cfg) as client:
+        worker = Worker(client, opts)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, worker.stop, f"signal {sig.name}")
+        return await worker.run()

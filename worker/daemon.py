@@ -1,0 +1,373 @@
+"""The worker's I/O loop: enrol, long-poll for work in every free slot, run jobs, heartbeat, upload.
+
+Decisions about which job is where live in worker/state.py; this module only does the I/O and feeds
+what happened back as events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import platform
+import shlex
+import shutil
+import time
+from collections.abc import MutableMapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from client.api import XWClient
+from common import __version__
+from common.enums import CPU, OS, AppType
+from common.errors import Conflict, NotFound, TransportError, XWError
+from common.schemas import Assignment, FileRef, Heartbeat, HostIn, JobReport, JobUsage
+from worker import state as st
+from worker.cache import FileCache
+from worker.execute import JobRun, JobSpec, Outcome
+from worker.sandbox import Limits, Sandbox
+
+logger = logging.getLogger(__name__)
+
+RETRY_UPLOAD_SECONDS = 3.0
+BACKOFF_MAX = 30.0
+TICK_SECONDS = 0.5
+# Jobs of a root worker run under uids no account uses: base + (worker pid mod 4096) * 1024 + slot.
+SLOT_UID_BASE = 0x40000000
+SLOT_UID_PROCESSES = 4096
+SLOT_UID_STRIDE = 1024
+MIN_ADDRESS_SPACE = 1 << 30
+DEFAULT_ADDRESS_SPACE = 4 << 30
+MAX_FILE_SIZE = 8 << 30
+MAX_PROCESSES = 256
+
+
+class HostAdapter(logging.LoggerAdapter[logging.Logger]):
+    """Prefix log lines with ``[host=.. job=..]``."""
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
+        extra = self.extra or {}
+        ctx = " ".join(f"{k}={v}" for k, v in extra.items() if v)
+        return f"[{ctx}] {msg}", kwargs
+
+
+@dataclass
+class WorkerOptions:
+    """How this worker runs (from the command line)."""
+
+    name: str
+    work_dir: Path
+    slots: int
+    cache_bytes: int
+    sandbox: Sandbox
+    max_jobs: int | None = None
+    max_idle: float | None = None
+    project: str | None = None
+    longpoll: float = 30.0
+    activation: tuple[int, int] | None = None  # (start hour, end hour), e.g. (20, 7)
+    memory_limit: int = DEFAULT_ADDRESS_SPACE  # address-space cap of a job that requests no memory
+
+
+def machine_os() -> OS:
+    return {"Linux": OS.LINUX, "Darwin": OS.MACOSX, "Windows": OS.WIN32}.get(platform.system(), OS.ANY)
+
+
+def machine_cpu() -> CPU:
+    try:
+        return CPU.parse(platform.machine())
+    except ValueError:
+        return CPU.ANY
+
+
+def in_window(hour: int, window: tuple[int, int] | None) -> bool:
+    """Whether ``hour`` lies in an activation window such as (20, 7) = 20:00 to 07:00."""
+    if window is None:
+        return True
+    start, end = window
+    return start <= hour < end if start < end else hour >= start or hour < end
+
+
+@dataclass
+class _Held:
+    assignment: Assignment
+    run: JobRun | None = None
+    outcome: Outcome | None = None
+    pinned: list[str] = field(default_factory=list)
+
+
+class Worker:
+    """One worker process: ``await Worker(client, options).run()`` until stopped or drained."""
+
+    def __init__(self, client: XWClient, options: WorkerOptions) -> None:
+        self.client = client
+        self.opt = options
+        self.state = st.WorkerState(
+            options.slots, options.max_jobs, options.max_idle, started_at=time.monotonic()
+        )
+        self.cache = FileCache(options.work_dir / "cache", options.cache_bytes)
+        self.jobs_root = options.work_dir / "jobs"
+        self.held: dict[str, _Held] = {}
+        self.host_uid = ""
+        self.alive_period = 10.0
+        self.log = HostAdapter(logger, {"host": options.name})
+        self._stop = asyncio.Event()
+        self._stop_reason = ""
+        self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def stop(self, reason: str) -> None:
+        """Stop now: running jobs are killed and given back to the server."""
+        self._stop_reason = self._stop_reason or reason
+        self._stop.set()
+
+    def drain(self, reason: str) -> None:
+        """Take no new work and stop when the held jobs are done."""
+        self.state.drain(reason)
+        self._wake.set()
+
+    async def run(self) -> str:
+        """Serve until stopped; returns why it stopped."""
+        self.jobs_root.mkdir(parents=True, exist_ok=True)
+        self.opt.sandbox.check_reachable(self.jobs_root)  # jobs of a root worker run as nobody
+        await self._enrol()
+        loops = [self._heartbeat_loop(), self._tick_loop(), self._upload_retry_loop()]
+        loops += [self._slot_loop(i) for i in range(self.opt.slots)]
+        tasks = [asyncio.create_task(c) for c in loops]
+        try:
+            await self._stop.wait()
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self._give_back()
+        self.log.info("worker stopped: %s", self._stop_reason)
+        return self._stop_reason
+
+    async def _enrol(self) -> None:
+        free = shutil.disk_usage(self.opt.work_dir).free
+        host = HostIn(
+            name=self.opt.name,
+            os=machine_os(),
+            cpu=machine_cpu(),
+            cores=os.cpu_count() or 1,
+            memory=_memory_bytes(),
+            disk=free,
+            version=__version__,
+            sandbox=self.opt.sandbox.kind,
+            project=self.opt.project,
+        )
+        enrolment = await self.client.enrol(host)
+        self.host_uid = enrolment.host.uid
+        self.alive_period = enrolment.alive_period
+        self.log.info(
+            "enrolled as host %s (%s sandbox, %d slot(s), heartbeat every %g s)",
+            self.host_uid,
+            self.opt.sandbox.describe(),
+            self.opt.slots,
+            self.alive_period,
+        )
+
+    # --- loops ------------------------------------------------------------------------------------
+
+    async def _slot_loop(self, slot: int) -> None:
+        backoff = 1.0
+        while True:
+            if self.state.free_slots() <= 0 or not in_window(time.localtime().tm_hour, self.opt.activation):
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), 5.0)
+                continue
+            try:
+                assignment = await self.client.request_work(self.host_uid, self.opt.longpoll)
+                backoff = 1.0
+            except TransportError as err:
+                self.log.warning("work request failed (%s); retrying in %.0f s", err.reason, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+                continue
+            except XWError as err:
+                self.log.error("work request refused: %s", err.reason)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+                continue
+            if assignment is not None:
+                await self._run_job(assignment, slot)
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.alive_period)
+            usage = []
+            for uid in self.state.held():
+                held = self.held.get(uid)
+                cpu, rss, wall = held.run.usage() if held and held.run else (0.0, 0, 0.0)
+                usage.append(JobUsage(job=uid, cpu_seconds=cpu, max_rss=rss, wall_seconds=wall))
+            try:
+                reply = await self.client.heartbeat(self.host_uid, Heartbeat(running=usage))
+            except XWError as err:
+                self.log.warning("heartbeat failed: %s", err.reason)
+                continue
+            self.alive_period = reply.alive_period
+            for uid, reason in reply.kill.items():
+                self._apply(self.state.handle(st.KillOrder(uid, reason)))
+
+    async def _tick_loop(self) -> None:
+        while True:
+            self._apply(self.state.handle(st.Tick(time.monotonic())))
+            await asyncio.sleep(TICK_SECONDS)
+
+    async def _upload_retry_loop(self) -> None:
+        while True:
+            await asyncio.sleep(RETRY_UPLOAD_SECONDS)
+            self._apply(self.state.retry_uploads())
+
+    # --- one job ----------------------------------------------------------------------------------
+
+    def _sandbox_for(self, slot: int) -> Sandbox:
+        """The slot's own uid when jobs run under another uid: one job's fork bomb cannot use up the
+        process limit (counted per uid) of the jobs in other slots or other workers of this machine."""
+        box = self.opt.sandbox
+        if box.job_uid is None:
+            return box
+        uid = SLOT_UID_BASE + (os.getpid() % SLOT_UID_PROCESSES) * SLOT_UID_STRIDE + slot
+        return dataclasses.replace(box, job_uid=uid, job_gid=uid)
+
+    async def _run_job(self, a: Assignment, slot: int = 0) -> None:
+        uid = a.job.uid
+        log = HostAdapter(logger, {"host": self.opt.name, "job": uid[:8]})
+        self.held[uid] = held = _Held(a)
+        self._apply(self.state.handle(st.Assigned(uid)))
+        try:
+            spec = await self._prepare(a, held)
+            held.run = JobRun(spec, self.jobs_root, self._sandbox_for(slot))
+            log.info("running %s %s", a.app_name, a.job.args)
+            outcome = held.outcome = await held.run.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a job must never take the worker down
+            log.exception("job could not run")
+            self._apply(self.state.handle(st.Ended(uid, ok=False, reason=f"worker could not run it: {exc}")))
+            return
+        finally:
+            for sha in held.pinned:
+                self.cache.unpin(sha)
+        killed = outcome.status == "killed"
+        ok = outcome.status == "exited"
+        log.info("ended: %s%s", outcome.status, f" ({outcome.reason})" if outcome.reason else "")
+        self._apply(self.state.handle(st.Ended(uid, ok=ok, reason=outcome.reason, killed=killed)))
+
+    async def _prepare(self, a: Assignment, held: _Held) -> JobSpec:
+        async def get(ref: FileRef) -> Path:
+            async def download(tmp: Path) -> None:
+                await self.client.fetch_job_file(self.host_uid, a.job.uid, ref.uid, tmp)
+
+            self.cache.pin(ref.sha256)  # before fetching: a fetched file must never be evicted before use
+            held.pinned.append(ref.sha256)
+            return await self.cache.fetch(ref.sha256, ref.size, download)
+
+        executable = await get(a.executable)
+        inputs = [(ref.name, await get(ref)) for ref in a.inputs]
+        stdin = await get(a.stdin) if a.stdin else None
+        # The address-space cap only stops runaway jobs; the requested memory is policed on resident size
+        # by the server's hold policy (address space counts mappings that are never touched).
+        space = max(2 * a.memory, MIN_ADDRESS_SPACE) if a.memory else self.opt.memory_limit
+        limits = Limits(
+            wallclock=float(a.wallclock) if a.wallclock else None,
+            cpu_seconds=None,
+            address_space=space,
+            file_size=MAX_FILE_SIZE,
+            processes=MAX_PROCESSES,
+        )
+        return JobSpec(
+            job_uid=a.job.uid,
+            label=a.job.label,
+            executable=executable,
+            exe_name=a.app_name,
+            is_script=a.app_type is AppType.SCRIPT,
+            args=shlex.split(a.job.args),
+            inputs=inputs,
+            stdin=stdin,
+            env={},
+            limits=limits,
+        )
+
+    def _apply(self, instructions: list[st.Instruction]) -> None:
+        for ins in instructions:
+            match ins:
+                case st.Upload(job):
+                    self._spawn(self._upload(job))
+                case st.ReportFailure(job, reason):
+                    self._spawn(self._report(job, JobReport(outcome="failed", reason=reason)))
+                case st.ReportPending(job):
+                    self._spawn(
+                        self._report(job, JobReport(outcome="result_pending", reason="result upload failed"))
+                    )
+                case st.Kill(job, reason):
+                    held = self.held.get(job)
+                    if held and held.run:
+                        self.log.info("killing job %s: %s", job[:8], reason)
+                        held.run.kill(reason)
+                case st.Forget(job):
+                    held = self.held.pop(job, None)
+                    if held and held.run:
+                        held.run.cleanup()
+                case st.Stop(reason):
+                    self.stop(reason)
+        if any(isinstance(i, (st.Forget, st.Stop)) for i in instructions):
+            self._wake.set()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _upload(self, job: str) -> None:
+        held = self.held.get(job)
+        if held is None or held.outcome is None or held.outcome.return_code is None:
+            return
+        try:
+            await self.client.upload_result(
+                self.host_uid, job, held.outcome.results, held.outcome.return_code
+            )
+        except (NotFound, Conflict) as err:
+            self.log.info("results of %s not wanted any more: %s", job[:8], err.reason)
+            self._apply(self.state.handle(st.UploadFailed(job, gone=True)))
+        except XWError as err:
+            self.log.warning("upload of %s failed: %s (will retry)", job[:8], err.reason)
+            self._apply(self.state.handle(st.UploadFailed(job)))
+        else:
+            self._apply(self.state.handle(st.Uploaded(job)))
+
+    async def _report(self, job: str, report: JobReport) -> None:
+        try:
+            await self.client.report(self.host_uid, job, report)
+        except XWError as err:
+            self.log.warning("report on %s failed: %s", job[:8], err.reason)
+
+    async def _give_back(self) -> None:
+        """On shutdown: kill what runs and hand those jobs back (the server requeues them)."""
+        for uid, held in list(self.held.items()):
+            if held.run is not None and held.outcome is None:
+                held.run.kill("worker stopping")
+            with contextlib.suppress(XWError):
+                await asyncio.wait_for(
+                    self.client.report(
+                        self.host_uid,
+                        uid,
+                        JobReport(outcome="abort", reason=f"worker {self.opt.name} stopped"),
+                    ),
+                    5,
+                )
+            if held.run is not None:
+                held.run.cleanup()
+        for task in list(self._tasks):
+            task.cancel()
+
+
+def _memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return 0
