@@ -94,9 +94,14 @@ def _pydantic_line(err: Any) -> str:
     return f"{where}: {msg}" if where else msg
 
 
+def complain(message: str) -> None:
+    """Print ``prog: error: message`` on stderr (and carry on, for a command handling several objects)."""
+    click.echo(f"{prog()}: error: {' '.join(message.split())}", err=True)
+
+
 def fail(message: str, code: int = 1) -> NoReturn:
     """Print ``prog: error: message`` on stderr and exit."""
-    click.echo(f"{prog()}: error: {' '.join(message.split())}", err=True)
+    complain(message)
     raise click.exceptions.Exit(code)
 
 

@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from common.enums import ObjectKind
-from common.schemas import AppOut, DataOut, EventOut, JobOut, UserGroupOut, UserOut
+from common.schemas import AppOut, DataOut, EventOut, HostOut, JobOut, UserGroupOut, UserOut
 
 FORMATS = ("short", "csv", "xml", "json", "table")
 XML_HEADER = "<?xml version='1.0' encoding='UTF-8'?>"
@@ -51,6 +51,11 @@ KINDS: dict[str, Kind] = {
     ObjectKind.USERGROUP.value: Kind(
         UserGroupOut, ("uid", "label"), ("uid", "label", "project", "access_rights")
     ),
+    ObjectKind.HOST.value: Kind(
+        HostOut,
+        ("uid", "name", "alive", "running"),
+        ("name", "os", "cpu", "cores", "sandbox", "alive", "last_alive", "running"),
+    ),
     EVENT: Kind(
         EventOut,
         ("id", "object", "action", "to_status", "reason"),
@@ -58,6 +63,8 @@ KINDS: dict[str, Kind] = {
     ),
 }
 
+# Table headers other than the upper-cased field name.
+HEADERS = {"last_alive": "LAST SEEN"}
 # XWHEP's attribute spellings where dropping underscores is not enough.
 XML_NAMES = {"listen_ports": "listenport"}
 # Characters XML 1.0 cannot carry at all, even escaped.
@@ -126,6 +133,15 @@ def format_short(kind: str, items: Sequence[BaseModel]) -> str:
     return "\n".join(lines)
 
 
+def status_lines(jobs: Sequence[JobOut], with_reason: bool = False) -> str:
+    """XWHEP's job status lines ``UID='..', STATUS='..'``, with ``, REASON='..'`` when asked and known."""
+    lines = format_short(ObjectKind.JOB.value, jobs).splitlines()
+    for i, job in enumerate(jobs):
+        if with_reason and job.status_reason:
+            lines[i] += f", REASON={_short_value(job.status_reason)}"
+    return "\n".join(lines)
+
+
 def format_csv(kind: str, items: Sequence[BaseModel]) -> str:
     """A header row of field names, then one row per object."""
     names = list(KINDS[kind].model.model_fields)
@@ -160,7 +176,7 @@ def format_json(items: Sequence[BaseModel]) -> str:
 def format_table(kind: str, items: Sequence[BaseModel], width: int | None = None) -> str:
     """A rich table of the most useful columns, as plain text."""
     columns = KINDS[kind].columns
-    table = Table(*[c.upper() for c in columns], box=None, pad_edge=False)
+    table = Table(*[HEADERS.get(c, c.upper()) for c in columns], box=None, pad_edge=False)
     for obj in items:
         table.add_row(*[flat(getattr(obj, c)) or "" for c in columns])
     buf = io.StringIO()

@@ -183,8 +183,8 @@ def test_table_shows_columns_and_values() -> None:
 def test_unknown_format_or_kind_is_refused() -> None:
     with pytest.raises(ValueError, match="format"):
         render("app", [], "html")
-    with pytest.raises(ValueError, match="host"):
-        render("host", [], "short")
+    with pytest.raises(ValueError, match="session"):
+        render("session", [], "short")
 
 
 def test_flat_values() -> None:
