@@ -30,7 +30,7 @@ help:
 	@echo "make lint       ruff check + ruff format --check"
 	@echo "make format     ruff format + ruff check --fix"
 	@echo "make typecheck  mypy (strict, configured in pyproject.toml)"
-	@echo "make run        run a local grid in ./$(GRID_DIR)"
+	@echo "make run        run a local grid in ./$(GRID_DIR) and a first sweep of 100 jobs"
 	@echo "make clean      remove caches and build artefacts (distclean: also .venv)"
 
 # ---------------------------------------------------------------------------
@@ -77,17 +77,7 @@ typecheck: venv
 # local grid
 
 run: venv
-	@if [ -x $(BIN)/xwgrid ]; then \
-	    echo "+ xwgrid up --dir $(GRID_DIR)"; \
-	    exec $(BIN)/xwgrid up --dir $(GRID_DIR); \
-	else \
-	    if [ ! -f $(GRID_DIR)/settings.toml ]; then \
-	        echo "+ xwserver init --dir $(GRID_DIR)"; \
-	        $(BIN)/xwserver init --dir $(GRID_DIR) || exit $$?; \
-	    fi; \
-	    echo "+ xwserver run --dir $(GRID_DIR)"; \
-	    exec $(BIN)/xwserver run --dir $(GRID_DIR); \
-	fi
+	$(BIN)/xwgrid up --dir $(GRID_DIR) --demo
 
 # ---------------------------------------------------------------------------
 # housekeeping

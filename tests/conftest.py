@@ -11,8 +11,9 @@ import os
 import shutil
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy.engine import make_url
@@ -124,23 +125,49 @@ def _admin_password(home: Path) -> str:
     return str(read_toml(home / "admin.conf")["password"])
 
 
-@pytest.fixture
-async def grid(tmp_path: Path, template_home: Path, database_url: str) -> AsyncIterator[Grid]:
-    """A fresh server on 127.0.0.1:0."""
+async def start_grid(tmp_path: Path, template_home: Path, database_url: str, **overrides: Any) -> Grid:
+    """A fresh server on 127.0.0.1:0 (``overrides`` replace settings, e.g. alive_period)."""
     home = tmp_path / "server"
     if database_url:
         await asyncio.to_thread(init_home, home, host="127.0.0.1", port=0, database_url=database_url)
     else:
         shutil.copytree(template_home, home)
-    settings = load_settings(home)
+    settings = replace(load_settings(home), **overrides)
     server = await start(settings, migrate=False)  # both homes are migrated already
     admin_cfg = ClientConfig(
         server=server.url, ca=settings.ca_cert, login="admin", password=_admin_password(home)
     )
-    g = Grid(settings, server, admin_cfg)
+    return Grid(settings, server, admin_cfg)
+
+
+async def stop_grid(g: Grid) -> None:
+    for xw in g.clients:
+        await xw.aclose()
+    await g.server.aclose()
+
+
+@pytest.fixture
+async def grid(tmp_path: Path, template_home: Path, database_url: str) -> AsyncIterator[Grid]:
+    """A fresh server on 127.0.0.1:0."""
+    g = await start_grid(tmp_path, template_home, database_url)
     try:
         yield g
     finally:
-        for xw in g.clients:
-            await xw.aclose()
-        await server.aclose()
+        await stop_grid(g)
+
+
+@pytest.fixture
+async def grid_factory(tmp_path: Path, template_home: Path, database_url: str) -> AsyncIterator[Any]:
+    """Start servers with settings overrides: ``g = await grid_factory(alive_period=0.5)``."""
+    made: list[Grid] = []
+
+    async def make(**overrides: Any) -> Grid:
+        g = await start_grid(tmp_path, template_home, database_url, **overrides)
+        made.append(g)
+        return g
+
+    try:
+        yield make
+    finally:
+        for g in made:
+            await stop_grid(g)

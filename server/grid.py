@@ -1,0 +1,164 @@
+"""``xwgrid``: a whole grid on one machine with embedded defaults — server, workers (relay: later issue).
+
+The server runs in this process; workers are separate ``python -m worker`` processes that talk to it
+over TLS on 127.0.0.1 exactly as remote volunteers would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+
+from common.enums import UserRights
+from server.app import start
+from server.home import add_user, init_home, set_conf_server, write_client_conf
+from server.settings import load_settings
+
+logger = logging.getLogger("xwgrid")
+WORKER_LOGIN = "worker"
+STOP_GRACE = 10.0
+
+
+def ensure_home(home: Path) -> None:
+    """Create the grid's server home and its worker account on first use.
+
+    The home stays unlistable but becomes traversable (0711): workers keep their jobs under it, and jobs
+    run as an unprivileged user that must reach its scratch directory. Secrets inside are 0600 files.
+    """
+    if not (home / "settings.toml").exists():
+        settings = init_home(home, host="127.0.0.1", port=0)
+        password = secrets.token_urlsafe(18)
+        asyncio.run(add_user(settings.db_url, WORKER_LOGIN, password, UserRights.WORKER_USER))
+        write_client_conf(
+            home / "worker.conf",
+            url="https://127.0.0.1:0",
+            ca=settings.ca_cert,
+            login=WORKER_LOGIN,
+            password=password,
+        )
+    home.chmod(0o711)
+    (home / "workers").mkdir(mode=0o711, exist_ok=True)
+
+
+def worker_command(home: Path, index: int, extra: list[str]) -> list[str]:
+    """The command line of grid worker ``index``."""
+    return [
+        sys.executable,
+        "-m",
+        "worker",
+        "--xwconfig",
+        str(home / "worker.conf"),
+        "--name",
+        f"grid-w{index}",
+        "--work-dir",
+        str(home / "workers" / f"w{index}"),
+        *extra,
+    ]
+
+
+async def up(home: Path, workers: int, worker_args: list[str], demo: bool) -> int:
+    """Run the grid until SIGINT/SIGTERM (or until the demo sweep ends, with ``demo``)."""
+    settings = load_settings(home)
+    server = await start(settings)
+    url = server.url
+    for conf in (settings.admin_conf, home / "worker.conf"):
+        set_conf_server(conf, url)
+    (home / "server.url").write_text(url + "\n")
+    logs = home / "logs"
+    logs.mkdir(exist_ok=True)
+    procs: list[asyncio.subprocess.Process] = []
+    for i in range(1, workers + 1):
+        log = (logs / f"w{i}.log").open("ab")
+        procs.append(
+            await asyncio.create_subprocess_exec(
+                *worker_command(home, i, worker_args),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )
+        log.close()
+    click.echo(
+        f"xwgrid ready: server {url}, {workers} worker(s); admin config {settings.admin_conf}, "
+        f"more workers with: xwworker --xwconfig {home / 'worker.conf'}",
+        err=False,
+    )
+    sys.stdout.flush()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    rc = 0
+    try:
+        if demo:
+            sweep = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "client.sweep",
+                "--xwconfig",
+                str(settings.admin_conf),
+                "--jobs",
+                "100",
+                "--out",
+                str(home / "sweep"),
+            )
+            waiter = asyncio.create_task(stop.wait())
+            done, _ = await asyncio.wait(
+                {asyncio.create_task(sweep.wait()), waiter}, return_when=asyncio.FIRST_COMPLETED
+            )
+            if waiter in done:
+                sweep.terminate()
+            rc = await sweep.wait()
+            click.echo("demo sweep done; the grid keeps running until Ctrl-C")
+        await stop.wait()
+    finally:
+        click.echo("xwgrid: stopping workers and server", err=True)
+        await _stop_workers(procs)
+        await server.aclose()
+    return rc
+
+
+async def _stop_workers(procs: list[asyncio.subprocess.Process]) -> None:
+    for p in procs:
+        if p.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            await asyncio.wait_for(p.wait(), STOP_GRACE)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                p.kill()
+            await p.wait()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """A local xwhep grid: server and workers on 127.0.0.1 with embedded defaults."""
+
+
+@cli.command("up")
+@click.option("--dir", "home", type=click.Path(path_type=Path), default=Path("grid"), show_default=True)
+@click.option("--workers", type=click.IntRange(0, 256), default=2, show_default=True)
+@click.option("--slots", type=click.IntRange(1, 64), default=None, help="Slots per worker (default: cores).")
+@click.option("--sandbox", type=click.Choice(["auto", "bwrap", "none"]), default="auto", show_default=True)
+@click.option("--demo", is_flag=True, help="Once up, run a first sweep: an app, 100 jobs, their results.")
+def up_cmd(home: Path, workers: int, slots: int | None, sandbox: str, demo: bool) -> None:
+    """Bring the grid up; Ctrl-C or SIGTERM shuts everything down cleanly."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ensure_home(home.resolve())
+    extra = ["--sandbox", sandbox] + (["--slots", str(slots)] if slots else [])
+    sys.exit(asyncio.run(up(home.resolve(), workers, extra, demo)))
+
+
+def main() -> None:
+    """Console entry point."""
+    cli()
