@@ -97,7 +97,7 @@ async def test_wallclock_kills_the_job(runner: Any) -> None:
     t0 = time.monotonic()
     watch = await runner.watch(job)
     out = watch.outcome
-    assert time.monotonic() - t0 < 3
+    assert time.monotonic() - t0 < 15  # far below the 30 s the job would run: it was stopped
     assert (out.status, out.return_code) == ("wallclock", None)
     assert "wallclock 1 s exceeded" in out.reason
     assert watch.most >= 2  # the check below can see the job's processes ...
@@ -113,7 +113,7 @@ async def test_kill_stops_the_job(runner: Any) -> None:
     job.kill("killed by request")
     watch = await asyncio.wait_for(task, 5)
     out = watch.outcome
-    assert time.monotonic() - t0 < 3
+    assert time.monotonic() - t0 < 15  # far below the 30 s the job would run: it was stopped
     assert (out.status, out.return_code, out.reason) == ("killed", None, "killed by request")
     assert watch.most >= 2
     assert watch.processes() == []
@@ -123,8 +123,10 @@ async def test_cancelling_run_kills_the_job(runner: Any) -> None:
     job = runner.job(SH + "sleep 30\n")
     task = asyncio.create_task(job.run())
     watch = runner.watcher(job)
-    for _ in range(10):
+    for _ in range(200):
         watch.look()
+        if watch.most >= 1:
+            break
         await asyncio.sleep(0.05)
     assert watch.most >= 1
     task.cancel()
@@ -146,7 +148,7 @@ async def test_memory_hog_is_contained(runner: Any) -> None:
     limits = replace(runner.spec("").limits, address_space=256 << 20)
     t0 = time.monotonic()
     out = await runner.run(PY + "b = bytearray(1 << 30)\nprint('allocated')\n", limits=limits)
-    assert time.monotonic() - t0 < 5
+    assert time.monotonic() - t0 < 15  # far below the job's own run time: it was stopped
     assert out.status == "exited" and out.return_code != 0
     assert "MemoryError" in read_member(out.results, "stderr.txt")
     assert "allocated" not in read_member(out.results, "stdout.txt")
@@ -169,14 +171,19 @@ async def test_file_size_limit(runner: Any) -> None:
 
 
 async def test_usage_is_sampled_live(runner: Any) -> None:
-    job = runner.job(PY + "import time\nt = time.time()\nwhile time.time() - t < 1.5: pass\n")
+    # Burns 1.2 s of CPU (not of wall time), so a loaded machine only makes it slower, never wrong.
+    job = runner.job(PY + "import time\nwhile time.process_time() < 1.2: pass\n")
     task = asyncio.create_task(job.run())
-    await asyncio.sleep(1.0)
-    cpu, rss, wall = job.usage()
-    assert cpu > 0.3 and rss > 1 << 20 and wall >= 0.9
+    cpu = rss = wall = 0.0
+    for _ in range(300):
+        await asyncio.sleep(0.1)
+        cpu, rss, wall = job.usage()
+        if cpu > 0.3 or task.done():
+            break
+    assert cpu > 0.3 and rss > 1 << 20 and wall > 0.3, "usage is sampled while the job runs"
     out = await task
     assert out.status == "exited" and out.return_code == 0
-    assert out.cpu_seconds >= 1.2 and out.max_rss > 1 << 20 and out.wall_seconds >= 1.5
+    assert out.cpu_seconds >= 1.0 and out.max_rss > 1 << 20 and out.wall_seconds >= 1.0
 
 
 async def test_results_hold_outputs_and_new_or_changed_files_only(runner: Any) -> None:

@@ -155,7 +155,7 @@ async def test_fork_bomb_is_contained(bwrap_runner: Any, bomb: str, wallclock: f
     t0 = time.monotonic()
     watch = await runner.watch(job, every=0.1)
     out = watch.outcome
-    assert time.monotonic() - t0 < wallclock + 4
+    assert time.monotonic() - t0 < wallclock + 15  # stopped by the wallclock, not by itself
     assert out.status in ("exited", "wallclock"), out.reason
     if bomb is STUBBORN_BOMB:
         assert out.status == "wallclock"
