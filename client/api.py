@@ -33,7 +33,9 @@ from common.schemas import (
     ObjectRef,
     Page,
     Ping,
+    ProxyOut,
     TokenResponse,
+    TunnelTicket,
     UserGroupIn,
     UserGroupOut,
     UserIn,
@@ -314,6 +316,20 @@ class XWClient:
     async def release(self, uid: str) -> JobOut:
         return await self._call("POST", f"/jobs/{uid}/release", JobOut)
 
+    # --- tunnels (docs/RELAY.md) ------------------------------------------------------------------
+
+    async def job_tunnel(self, job_uid: str, port: int) -> TunnelTicket:
+        """A relay ticket to connect to listen port ``port`` of a running job."""
+        return await self._call("POST", f"/jobs/{job_uid}/tunnel", TunnelTicket, params={"port": str(port)})
+
+    async def proxies(self, **filters: str) -> list[ProxyOut]:
+        """The proxies (published client ports) we may see."""
+        return await self.all("/proxies", ProxyOut, filters)
+
+    async def create_proxy(self, port: int) -> TunnelTicket:
+        """Record a published client port (xwproxy) and get the ticket that publishes it."""
+        return await self._call("POST", "/proxies", TunnelTicket, json={"port": port})  # server validates
+
     # --- workers ----------------------------------------------------------------------------------
 
     async def hosts(self, **filters: str) -> list[HostOut]:
@@ -353,6 +369,10 @@ class XWClient:
         return await self._call(
             "POST", f"/hosts/{host_uid}/jobs/{job_uid}/report", JobOut, json=report.model_dump(mode="json")
         )
+
+    async def host_tunnels(self, host_uid: str, job_uid: str) -> TunnelTicket:
+        """The relay ticket of a job this host runs: publish its listen ports, reach its forwards."""
+        return await self._call("POST", f"/hosts/{host_uid}/jobs/{job_uid}/tunnels", TunnelTicket)
 
     async def upload_result(self, host_uid: str, job_uid: str, path: Path, return_code: int) -> JobOut:
         """Stream a job's results zip and complete the job."""

@@ -2,7 +2,8 @@
 
 ``short`` is XWHEP's one line per object (``UID='..', NAME='..'``); ``xml`` is XWHEP's
 ``<get><work uid=".." .../></get>`` with attribute names lowercased and stripped of underscores
-(``access_rights`` -> ``accessrights``; ``listen_ports`` -> ``listenport`` as XWHEP spelled it);
+(``access_rights`` -> ``accessrights``; ``listen_ports`` -> ``listenport`` as XWHEP spelled it;
+``proxy_addresses`` -> ``proxyaddr``, the relay address in XWHEP's smartsocketaddr role);
 ``csv`` has a header row; ``json`` is a list of objects; ``table`` is a rich table.
 """
 
@@ -66,7 +67,7 @@ KINDS: dict[str, Kind] = {
 # Table headers other than the upper-cased field name.
 HEADERS = {"last_alive": "LAST SEEN"}
 # XWHEP's attribute spellings where dropping underscores is not enough.
-XML_NAMES = {"listen_ports": "listenport"}
+XML_NAMES = {"listen_ports": "listenport", "proxy_addresses": "proxyaddr"}
 # Characters XML 1.0 cannot carry at all, even escaped.
 _XML_ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 

@@ -237,6 +237,9 @@ class JobOut(Owned):
     memory: int = 0
     cpu_seconds: float = 0.0
     max_rss: int = 0
+    proxy_addresses: list[str] = Field(default_factory=list)  # job-<uid>-<port> while RUNNING
+    net_in: int = 0  # bytes into the job through its tunnels
+    net_out: int = 0  # bytes out of it
 
 
 class ChmodIn(Model):
@@ -332,6 +335,8 @@ class JobUsage(Model):
     cpu_seconds: float = 0.0
     max_rss: int = 0
     wall_seconds: float = 0.0
+    net_in: Annotated[int, Field(ge=0)] = 0  # bytes into the job through its tunnels so far
+    net_out: Annotated[int, Field(ge=0)] = 0  # bytes out of it so far
 
 
 class Heartbeat(Model):
@@ -353,3 +358,51 @@ class JobReport(Model):
 
 class HoldIn(Model):
     reason: Annotated[str, Field(max_length=512)] = ""
+
+
+# --- relay tunnels (docs/RELAY.md) ------------------------------------------------------------------
+
+JOB_ADDRESS = "job"
+PROXY_ADDRESS = "proxy"
+_ADDRESS_RE = re.compile(
+    r"(job|proxy)-([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})-([1-9][0-9]{0,4})"
+)
+
+
+def tunnel_name(kind: str, uid: str, port: int) -> str:
+    """A relay name/address: ``job-<uid>-<port>`` or ``proxy-<uid>-<port>`` (lowercase)."""
+    return f"{kind}-{uid}-{port}".lower()
+
+
+def parse_tunnel_name(text: str) -> tuple[str, str, int] | None:
+    """``(kind, uid, port)`` of a relay address (case-insensitive), None if it is not one."""
+    m = _ADDRESS_RE.fullmatch(text.strip().lower())
+    if m is None or not 1 <= int(m.group(3)) <= 65535:
+        return None
+    return m.group(1), m.group(2), int(m.group(3))
+
+
+class ProxyIn(Model):
+    """A client-side port to publish through the relay (``xwproxy --xwlistenport PORT``)."""
+
+    port: Port
+
+
+class ProxyOut(Owned):
+    port: int
+    name: str  # proxy-<uid>-<port>: the address jobs forward to
+
+
+class TunnelTicket(Model):
+    """A relay ticket: where to connect, the relay's host key to pin, the signed JWT (password of user xw).
+
+    ``name`` is the address the ticket is about (connect or publish), ``id`` the proxy's uid for a new
+    proxy; ``refused`` lists forward addresses left out of a worker's ticket, each with its reason.
+    """
+
+    relay: str
+    host_key: str | None
+    ticket: str
+    name: str | None = None
+    id: str | None = None
+    refused: list[str] = Field(default_factory=list)

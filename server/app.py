@@ -16,7 +16,7 @@ from server.dispatch import Dispatcher
 from server.http import Routes, problem_middleware
 from server.openapi import openapi_routes
 from server.pki import CA
-from server.routes import apps, auth, data, hosts, jobs, objects, users
+from server.routes import apps, auth, data, hosts, jobs, objects, tunnels, users
 from server.settings import ServerSettings
 from server.state import SERVICES, Services
 from server.store import DataStore
@@ -31,6 +31,7 @@ ROUTE_TABLES: list[Routes] = [
     data.routes,
     jobs.routes,
     hosts.routes,
+    tunnels.routes,
     objects.routes,
 ]
 
@@ -44,12 +45,14 @@ def create_app(settings: ServerSettings, *, migrate: bool = True) -> web.Applica
     async def services_ctx(app: web.Application) -> AsyncIterator[None]:
         if migrate:
             await upgrade(settings.db_url)
+        signer = TokenSigner.from_file(settings.jwt_key, settings.token_ttl)
+        signer.write_public(settings.jwt_pub)  # homes made before relays existed get it too
         engine = make_engine(settings.db_url)
         app[SERVICES] = Services(
             settings=settings,
             engine=engine,
             sessions=make_sessionmaker(engine),
-            signer=TokenSigner.from_file(settings.jwt_key, settings.token_ttl),
+            signer=signer,
             ca=CA.load(settings.ca_cert, settings.ca_key),
             store=DataStore(settings.store_dir),
             dispatcher=Dispatcher(),

@@ -18,7 +18,7 @@ from server.db.models import User
 from server.passwords import hash_password
 from server.pki import CA, cert_pem, create_ca, issue_server_cert, issue_user_cert, key_pem, subject_string
 from server.settings import SETTINGS_FILE, ServerSettings, load_settings
-from server.tokens import create_key
+from server.tokens import TokenSigner, create_key
 
 ADMIN_LOGIN = "admin"
 
@@ -59,6 +59,7 @@ def init_home(
     write_private(settings.server_key, key_pem(key))
     settings.server_cert.write_text(cert_pem(cert))
     create_key(settings.jwt_key)
+    TokenSigner.from_file(settings.jwt_key, settings.token_ttl).write_public(settings.jwt_pub)
     settings.store_dir.mkdir(exist_ok=True)
     upgrade_sync(settings.db_url)
     db_file = home / "xwhep.db"

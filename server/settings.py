@@ -18,6 +18,7 @@ DEFAULT_LONGPOLL = 30.0
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
 MAX_JSON_BYTES = 1 << 20
+DEFAULT_TICKET_TTL = 300.0
 SETTINGS_FILE = "settings.toml"
 
 
@@ -36,6 +37,9 @@ class ServerSettings:
     alive_period: float = DEFAULT_ALIVE_PERIOD  # seconds between worker heartbeats
     alive_timeout: float = DEFAULT_ALIVE_TIMEOUT  # a host silent this long is lost; its jobs go back
     longpoll: float = DEFAULT_LONGPOLL  # longest wait of a work request
+    relays: str = ""  # comma-separated host:port of the relay processes (xwrelay); "" = no tunnels
+    relay_host_key: str = ""  # path of the relays' OpenSSH public host key file, read per ticket
+    ticket_ttl: float = DEFAULT_TICKET_TTL  # seconds a relay ticket stays valid
     env_keys: tuple[str, ...] = field(default=(), compare=False)
 
     @property
@@ -57,6 +61,16 @@ class ServerSettings:
     @property
     def jwt_key(self) -> Path:
         return self.home / "jwt.key"
+
+    @property
+    def jwt_pub(self) -> Path:
+        """The token key's public half (PEM): what relays verify tickets with."""
+        return self.home / "jwt.pub"
+
+    @property
+    def relay_list(self) -> tuple[str, ...]:
+        """The configured relays, in configuration order."""
+        return tuple(r.strip() for r in self.relays.split(",") if r.strip())
 
     @property
     def store_dir(self) -> Path:
@@ -88,6 +102,9 @@ _ENV = {
     "XW_EXTRA_CA_DIR": "extra_ca_dir",
     "XW_ALIVE_PERIOD": "alive_period",
     "XW_ALIVE_TIMEOUT": "alive_timeout",
+    "XW_RELAYS": "relays",
+    "XW_RELAY_HOST_KEY": "relay_host_key",
+    "XW_TICKET_TTL": "ticket_ttl",
 }
 
 
@@ -112,7 +129,12 @@ def load_settings(home: Path, **overrides: Any) -> ServerSettings:
     for key in ("port", "token_ttl", "max_json_bytes"):
         if key in values:
             values[key] = int(values[key])
-    for key in ("alive_period", "alive_timeout", "longpoll"):
+    if isinstance(values.get("relays"), list | tuple):  # settings.toml may list them
+        values["relays"] = ",".join(str(r) for r in values["relays"])
+    for key in ("relays", "relay_host_key"):
+        if key in values:
+            values[key] = str(values[key])
+    for key in ("alive_period", "alive_timeout", "longpoll", "ticket_ttl"):
         if key in values:
             values[key] = float(values[key])
     return replace(settings, **values)

@@ -44,7 +44,13 @@ class TokenSigner:
     def public_pem(self) -> bytes:
         return self._key.as_pem(private=False)
 
-    def issue(self, subject: str, audience: str = "api", ttl: int | None = None, **claims: Any) -> str:
+    def write_public(self, path: Path) -> None:
+        """Write the verification key (PEM, world-readable: relays verify tickets with it)."""
+        pem = self.public_pem().decode()
+        if not path.exists() or path.read_text() != pem:
+            write_private(path, pem, 0o644)
+
+    def issue(self, subject: str, audience: str = "api", ttl: float | None = None, **claims: Any) -> str:
         now = int(time.time())
         body = {
             "iss": ISSUER,
@@ -52,7 +58,7 @@ class TokenSigner:
             "aud": audience,
             "iat": now,
             "nbf": now - 5,
-            "exp": now + (ttl if ttl is not None else self.ttl),
+            "exp": now + int(ttl if ttl is not None else self.ttl),
             "jti": uuid.uuid4().hex,
             **claims,
         }

@@ -143,6 +143,8 @@ class Job(OwnedMixin, Base):
     memory: Mapped[int] = mapped_column(BigInteger, default=0)
     cpu_seconds: Mapped[float] = mapped_column(Float, default=0.0)
     max_rss: Mapped[int] = mapped_column(BigInteger, default=0)
+    net_in: Mapped[int] = mapped_column(BigInteger, default=0)  # bytes into the job through its tunnels
+    net_out: Mapped[int] = mapped_column(BigInteger, default=0)  # bytes out of it
 
     __table_args__ = (Index("ix_jobs_status_created", "status", "created"),)
 
@@ -175,6 +177,17 @@ class Host(OwnedMixin, Base):
     shared_apps: Mapped[list[str]] = mapped_column(JSON, default=list)
 
 
+class Proxy(OwnedMixin, Base):
+    """A port a client machine publishes through the relay (``xwproxy --xwlistenport``).
+
+    Its address is ``proxy-<uid>-<port>``; jobs whose owner may read it may connect to it.
+    """
+
+    __tablename__ = "proxies"
+
+    port: Mapped[int] = mapped_column(Integer)
+
+
 class Event(Base):
     """One line of the event log: who did what to which object, and the state change."""
 
@@ -199,4 +212,5 @@ OWNED_MODELS: dict[str, type[OwnedMixin]] = {
     "data": Data,
     "work": Job,
     "host": Host,
+    "proxy": Proxy,
 }

@@ -338,6 +338,8 @@ async def alive(request: web.Request) -> web.Response:
                 kill[uid] = f"job is {job.status}" + (f": {job.status_reason}" if job.status_reason else "")
                 continue
             job.cpu_seconds, job.max_rss = usage.cpu_seconds, max(job.max_rss, usage.max_rss)
+            job.net_in = max(job.net_in or 0, usage.net_in)
+            job.net_out = max(job.net_out or 0, usage.net_out)
             held = None
             if job.memory and usage.max_rss > job.memory:
                 held = f"held: memory {_size(usage.max_rss)} > {_size(job.memory)} requested"

@@ -10,7 +10,7 @@ from common.enums import AppType, DataStatus, JobStatus
 from common.errors import Conflict, ValidationFailed
 from common.jobstates import Trigger
 from common.rights import Perm
-from common.schemas import ForwardAddress, HoldIn, JobIn, JobOut, Page
+from common.schemas import JOB_ADDRESS, ForwardAddress, HoldIn, JobIn, JobOut, Page, tunnel_name
 from common.uri import new_uid
 from server.authz import Actor, default_rights, require, require_may_insert, require_may_list
 from server.db.models import App, Data, Job, JobRef, utcnow
@@ -50,7 +50,17 @@ def job_out(j: Job) -> JobOut:
         memory=j.memory,
         cpu_seconds=j.cpu_seconds,
         max_rss=j.max_rss,
+        proxy_addresses=proxy_addresses(j),
+        net_in=j.net_in or 0,
+        net_out=j.net_out or 0,
     )
+
+
+def proxy_addresses(j: Job) -> list[str]:
+    """The relay addresses of a job's listen ports: ``job-<uid>-<port>`` while it runs, else none."""
+    if j.status != JobStatus.RUNNING.value:
+        return []
+    return [tunnel_name(JOB_ADDRESS, j.uid, p) for p in j.listen_ports]
 
 
 @routes.add(

@@ -264,5 +264,5 @@ def test_default_rights_and_is_admin(level: R) -> None:
 
 
 def test_matrix_covers_every_owned_model() -> None:
-    assert set(OWNED_MODELS) == {"user", "usergroup", "app", "data", "work", "host"}
-    assert len(list(itertools.product(LEVELS, RELATIONS, PERMS, MODES, OWNED_MODELS))) == 4 * 7 * 3 * 8 * 6
+    assert set(OWNED_MODELS) == {"user", "usergroup", "app", "data", "work", "host", "proxy"}
+    assert len(list(itertools.product(LEVELS, RELATIONS, PERMS, MODES, OWNED_MODELS))) == 4 * 7 * 3 * 8 * 7

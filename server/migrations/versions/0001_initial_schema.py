@@ -92,6 +92,21 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_hosts_owner_uid"), ["owner_uid"], unique=False)
 
     op.create_table(
+        "proxies",
+        sa.Column("port", sa.Integer(), nullable=False),
+        sa.Column("uid", sa.String(length=36), nullable=False),
+        sa.Column("owner_uid", sa.String(length=36), nullable=True),
+        sa.Column("group_uid", sa.String(length=36), nullable=True),
+        sa.Column("access_rights", sa.Integer(), nullable=False),
+        sa.Column("created", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("modified", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("uid"),
+    )
+    with op.batch_alter_table("proxies", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_proxies_group_uid"), ["group_uid"], unique=False)
+        batch_op.create_index(batch_op.f("ix_proxies_owner_uid"), ["owner_uid"], unique=False)
+
+    op.create_table(
         "usergroups",
         sa.Column("label", sa.String(length=128), nullable=False),
         sa.Column("project", sa.Boolean(), nullable=False),
@@ -158,6 +173,8 @@ def upgrade() -> None:
         sa.Column("memory", sa.BigInteger(), nullable=False),
         sa.Column("cpu_seconds", sa.Float(), nullable=False),
         sa.Column("max_rss", sa.BigInteger(), nullable=False),
+        sa.Column("net_in", sa.BigInteger(), nullable=False),
+        sa.Column("net_out", sa.BigInteger(), nullable=False),
         sa.Column("uid", sa.String(length=36), nullable=False),
         sa.Column("owner_uid", sa.String(length=36), nullable=True),
         sa.Column("group_uid", sa.String(length=36), nullable=True),
@@ -241,6 +258,11 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_usergroups_group_uid"))
 
     op.drop_table("usergroups")
+    with op.batch_alter_table("proxies", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_proxies_owner_uid"))
+        batch_op.drop_index(batch_op.f("ix_proxies_group_uid"))
+
+    op.drop_table("proxies")
     with op.batch_alter_table("hosts", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_hosts_owner_uid"))
         batch_op.drop_index(batch_op.f("ix_hosts_name"))
