@@ -57,6 +57,9 @@ def default_work_dir(name: str) -> Path:
     default=None,
     help="Jobs and cache (default ~/.xwhep/worker/NAME).",
 )
+@click.option(
+    "--cache-dir", type=click.Path(path_type=Path), default=None, help="Cache (default WORKDIR/cache)."
+)
 @click.option("--cache-size", default="2G", show_default=True, help="Cache limit, e.g. 512M or 2G.")
 @click.option("--max-jobs", type=click.IntRange(1), default=None, help="Pilot mode: exit after N jobs.")
 @click.option(
@@ -84,6 +87,7 @@ def main(
     name: str | None,
     slots: int | None,
     work_dir: Path | None,
+    cache_dir: Path | None,
     cache_size: str,
     max_jobs: int | None,
     max_idle: float | None,
@@ -111,6 +115,7 @@ def main(
         work_dir=(work_dir or default_work_dir(name)).expanduser(),
         slots=slots or os.cpu_count() or 1,
         cache_bytes=parse_size(cache_size),
+        cache_dir=cache_dir,
         sandbox=box,
         max_jobs=max_jobs,
         max_idle=max_idle,

@@ -15,7 +15,7 @@ import platform
 import shlex
 import shutil
 import time
-from collections.abc import MutableMapping
+from collections.abc import Coroutine, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 RETRY_UPLOAD_SECONDS = 3.0
 BACKOFF_MAX = 30.0
 TICK_SECONDS = 0.5
+SHUTDOWN_GRACE = 10.0
 # Jobs of a root worker run under uids no account uses: base + (worker pid mod 4096) * 1024 + slot.
 SLOT_UID_BASE = 0x40000000
 SLOT_UID_PROCESSES = 4096
@@ -69,6 +70,7 @@ class WorkerOptions:
     longpoll: float = 30.0
     activation: tuple[int, int] | None = None  # (start hour, end hour), e.g. (20, 7)
     memory_limit: int = DEFAULT_ADDRESS_SPACE  # address-space cap of a job that requests no memory
+    cache_dir: Path | None = None  # default: work_dir/cache
 
 
 def machine_os() -> OS:
@@ -107,7 +109,7 @@ class Worker:
         self.state = st.WorkerState(
             options.slots, options.max_jobs, options.max_idle, started_at=time.monotonic()
         )
-        self.cache = FileCache(options.work_dir / "cache", options.cache_bytes)
+        self.cache = FileCache(options.cache_dir or options.work_dir / "cache", options.cache_bytes)
         self.jobs_root = options.work_dir / "jobs"
         self.held: dict[str, _Held] = {}
         self.host_uid = ""
@@ -120,6 +122,8 @@ class Worker:
 
     def stop(self, reason: str) -> None:
         """Stop now: running jobs are killed and given back to the server."""
+        if not self._stop.is_set():
+            self.log.info("stopping: %s", reason)
         self._stop_reason = self._stop_reason or reason
         self._stop.set()
 
@@ -135,16 +139,28 @@ class Worker:
         await self._enrol()
         loops = [self._heartbeat_loop(), self._tick_loop(), self._upload_retry_loop()]
         loops += [self._slot_loop(i) for i in range(self.opt.slots)]
-        tasks = [asyncio.create_task(c) for c in loops]
+        tasks = [asyncio.create_task(self._guard(c), name=getattr(c, "__qualname__", "loop")) for c in loops]
         try:
             await self._stop.wait()
         finally:
             for t in tasks:
                 t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            _, pending = await asyncio.wait(tasks, timeout=SHUTDOWN_GRACE)
+            for t in pending:
+                self.log.error("task %s ignores cancellation: %s", t.get_name(), t.get_stack(limit=3))
             await self._give_back()
         self.log.info("worker stopped: %s", self._stop_reason)
         return self._stop_reason
+
+    async def _guard(self, loop: Coroutine[Any, Any, None]) -> None:
+        """Run a loop of the worker; if it dies the worker stops (loudly) instead of hanging."""
+        try:
+            await loop
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self.log.exception("internal error in %s", getattr(loop, "__qualname__", loop))
+            self.stop(f"internal error in {getattr(loop, '__qualname__', loop)}")
 
     async def _enrol(self) -> None:
         free = shutil.disk_usage(self.opt.work_dir).free
@@ -174,11 +190,14 @@ class Worker:
 
     async def _slot_loop(self, slot: int) -> None:
         backoff = 1.0
-        while True:
+        while not self._stop.is_set():
             if self.state.free_slots() <= 0 or not in_window(time.localtime().tm_hour, self.opt.activation):
                 self._wake.clear()
+                # asyncio.timeout, not wait_for: in 3.11 wait_for can swallow a cancel when the event
+                # fires in the same loop iteration (Forget/Stop set it just before shutdown cancels us).
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), 5.0)
+                    async with asyncio.timeout(5.0):
+                        await self._wake.wait()
                 continue
             try:
                 assignment = await self.client.request_work(self.host_uid, self.opt.longpoll)
@@ -197,7 +216,7 @@ class Worker:
                 await self._run_job(assignment, slot)
 
     async def _heartbeat_loop(self) -> None:
-        while True:
+        while not self._stop.is_set():
             await asyncio.sleep(self.alive_period)
             usage = []
             for uid in self.state.held():
@@ -214,12 +233,12 @@ class Worker:
                 self._apply(self.state.handle(st.KillOrder(uid, reason)))
 
     async def _tick_loop(self) -> None:
-        while True:
+        while not self._stop.is_set():
             self._apply(self.state.handle(st.Tick(time.monotonic())))
             await asyncio.sleep(TICK_SECONDS)
 
     async def _upload_retry_loop(self) -> None:
-        while True:
+        while not self._stop.is_set():
             await asyncio.sleep(RETRY_UPLOAD_SECONDS)
             self._apply(self.state.retry_uploads())
 
@@ -318,8 +337,8 @@ class Worker:
         if any(isinstance(i, (st.Forget, st.Stop)) for i in instructions):
             self._wake.set()
 
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.create_task(coro)
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(self._guard(coro))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -338,6 +357,7 @@ class Worker:
             self.log.warning("upload of %s failed: %s (will retry)", job[:8], err.reason)
             self._apply(self.state.handle(st.UploadFailed(job)))
         else:
+            self.log.info("results of %s uploaded", job[:8])
             self._apply(self.state.handle(st.Uploaded(job)))
 
     async def _report(self, job: str, report: JobReport) -> None:
