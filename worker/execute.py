@@ -10,12 +10,13 @@ import signal
 import subprocess
 import time
 from collections.abc import MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import psutil
 
+from worker.bridge import JobPorts, PortBridge
 from worker.results import InputError, Snapshot, build_results, safe_name, snapshot, stage_input
 from worker.sandbox import JobProcesses, Limits, Sandbox, become_subreaper, read_info
 
@@ -47,6 +48,8 @@ class JobSpec:
     env: dict[str, str]
     limits: Limits
     max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES
+    listen_ports: list[int] = field(default_factory=list)  # the job serves these (reached via open_listen)
+    forward_ports: list[int] = field(default_factory=list)  # the job connects to 127.0.0.1:<port>
 
 
 @dataclass
@@ -79,12 +82,13 @@ def _exit_reason(code: int, sandbox: Sandbox) -> str:
     return f"exit code {code}"
 
 
-class JobRun:
+class JobRun(JobPorts):
     """One run of one job; ``await run()`` once, then read the Outcome and ``cleanup()``."""
 
     # Layout: jobs_root/<job_uid>/{bin/, scratch/, tmp/, stdout.txt, stderr.txt, results.zip}. bin/ holds a
     # read-only copy of the executable (the cached file is never touched); scratch/ is the job's working
-    # directory and, with tmp/ (its /tmp), the only place it can write.
+    # directory and, with tmp/ (its /tmp), the only place it can write. A job with ports under bubblewrap
+    # also has bin/xwbridge.py and sock/; JobPorts (worker.bridge) gives the methods to reach its ports.
     #
     # An unusable input (a zip with absolute, '..' or symlink members, over the size cap, two inputs with
     # one name) does not raise: run() returns status "failed" with the reason, having written nothing
@@ -101,6 +105,7 @@ class JobRun:
         self.stdout_path = self.dir / "stdout.txt"
         self.stderr_path = self.dir / "stderr.txt"
         self.results_path = self.dir / "results.zip"
+        self.ports = PortBridge(self.dir, spec.listen_ports, spec.forward_ports, sandbox)
         self._log = _JobLog(logger, {"job": spec.job_uid[:8]})
         self._ran = False
         self._proc: subprocess.Popen[bytes] | None = None
@@ -181,6 +186,7 @@ class JobRun:
         self.bin_dir.chmod(0o755)
         shutil.copyfile(self.spec.executable, self.exe_path)
         self.exe_path.chmod(0o555)
+        self.ports.prepare(self.exe_path)
         self.scratch.mkdir()
         self.tmp.mkdir()
         budget = self.spec.max_input_bytes
@@ -208,12 +214,13 @@ class JobRun:
         """Start the job; the read end of bwrap's info pipe (-1 without bwrap)."""
         info_r, info_w = os.pipe() if self.sandbox.kind == "bwrap" else (-1, -1)
         argv, env = self.sandbox.command(
-            [str(self.exe_path), *self.spec.args],
+            self.ports.wrap([str(self.exe_path), *self.spec.args]),
             scratch=self.scratch,
             ro_binds=[(self.bin_dir, self.bin_dir)],
             env=self._environment(),
             tmp=self.tmp,
             info_fd=info_w if info_w >= 0 else None,
+            rw_binds=self.ports.rw_binds(),
         )
 
         def private(path: str, flags: int) -> int:
@@ -245,6 +252,7 @@ class JobRun:
             if info_w >= 0:
                 os.close(info_w)
         self._t0 = time.monotonic()
+        self.ports.started = True
         self._procs = JobProcesses(self.sandbox, self._proc.pid)
         try:
             self._pidfd = os.pidfd_open(self._proc.pid)
@@ -372,6 +380,7 @@ class JobRun:
     ) -> Outcome:
         if self._t1 is None and self._t0 is not None:
             self._t1 = time.monotonic()
+        self.ports.ended = True
         await asyncio.to_thread(self._collect, before)
         cpu, rss, wall = self.usage()
         self._log.info("%s: %s (%.1f s wall, %.1f s cpu)", status, reason, wall, cpu)

@@ -14,7 +14,7 @@ import stat
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -78,6 +78,7 @@ class Sandbox:
         env: dict[str, str],
         tmp: Path | None = None,
         info_fd: int | None = None,
+        rw_binds: Sequence[tuple[Path, Path]] = (),
     ) -> tuple[list[str], dict[str, str]]:
         """The argv to exec and its environment; ``tmp`` backs /tmp, ``info_fd`` gets bwrap's --info-fd."""
         if self.kind == "rlimits":
@@ -101,6 +102,7 @@ class Sandbox:
             cmd += ["--size", str(64 << 20), "--tmpfs", "/tmp"]
         for host, inside in ro_binds:
             cmd += ["--ro-bind", str(host), str(inside)]
+        cmd += [arg for host, inside in rw_binds for arg in ("--bind", str(host), str(inside))]
         # Same path inside as outside, so XWSCRATCHPATH means the same thing to the job and to us.
         cmd += ["--bind", str(scratch), str(scratch), "--remount-ro", "/", "--chdir", str(scratch)]
         # The environment goes through exec (not --setenv) so values never show in the host's ps.
