@@ -19,7 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from common.enums import JobStatus
-from common.errors import Conflict, ValidationFailed
+from common.errors import Conflict, Forbidden, ValidationFailed
 from common.rights import PRIVATE, Perm
 from common.schemas import (
     JOB_ADDRESS,
@@ -224,6 +224,24 @@ async def create_proxy(request: web.Request) -> web.Response:
         record(session, actor, "proxy", proxy, "create", reason=f"{name} by {actor.login}")
     ticket = _ticket(svc, actor, _relay_key(name), [LINK, f"publish:{name}"], name=name, id=proxy.uid)
     return reply(ticket, status=201)
+
+
+@routes.add(
+    "POST",
+    "/proxies/{uid}/ticket",
+    summary="A fresh publish ticket for one of your proxies (to reconnect)",
+    response=TunnelTicket,
+)
+async def proxy_ticket(request: web.Request) -> web.Response:
+    svc = services(request)
+    actor = actor_of(request)
+    _require_relay(svc)
+    async with svc.sessions() as session:
+        proxy = await load(session, Proxy, path_uid(request), actor, Perm.READ, "proxy")
+    if proxy.owner_uid != actor.uid:
+        raise Forbidden("only the proxy's owner may publish it")
+    name = tunnel_name(PROXY_ADDRESS, proxy.uid, proxy.port)
+    return reply(_ticket(svc, actor, _relay_key(name), [LINK, f"publish:{name}"], name=name, id=proxy.uid))
 
 
 @routes.add("GET", "/proxies", summary="List proxies (published client ports)", response=Page[ProxyOut])
