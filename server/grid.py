@@ -13,6 +13,7 @@ import secrets
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -46,6 +47,7 @@ def ensure_home(home: Path) -> None:
         )
     home.chmod(0o711)
     (home / "workers").mkdir(mode=0o711, exist_ok=True)
+    (home / "logs").mkdir(exist_ok=True)
 
 
 def worker_command(home: Path, index: int, extra: list[str]) -> list[str]:
@@ -66,7 +68,10 @@ def worker_command(home: Path, index: int, extra: list[str]) -> list[str]:
 
 async def up(home: Path, workers: int, worker_args: list[str], demo: bool) -> int:
     """Run the grid until SIGINT/SIGTERM (or until the demo sweep ends, with ``demo``)."""
-    settings = load_settings(home)
+    relay_proc, relay_addr = await start_relay(home)
+    settings = replace(
+        load_settings(home), relays=relay_addr, relay_host_key=str(home / "relay" / "host_key.pub")
+    )
     server = await start(settings)
     url = server.url
     for conf in (settings.admin_conf, home / "worker.conf"):
@@ -87,7 +92,8 @@ async def up(home: Path, workers: int, worker_args: list[str], demo: bool) -> in
         )
         log.close()
     click.echo(
-        f"xwgrid ready: server {url}, {workers} worker(s); admin config {settings.admin_conf}, "
+        f"xwgrid ready: server {url}, relay {relay_addr}, {workers} worker(s); "
+        f"admin config {settings.admin_conf}, "
         f"more workers with: xwworker --xwconfig {home / 'worker.conf'}",
         err=False,
     )
@@ -123,7 +129,36 @@ async def up(home: Path, workers: int, worker_args: list[str], demo: bool) -> in
         click.echo("xwgrid: stopping workers and server", err=True)
         await _stop_workers(procs)
         await server.aclose()
+        await _stop_workers([relay_proc])
     return rc
+
+
+async def start_relay(home: Path) -> tuple[asyncio.subprocess.Process, str]:
+    """Start ``xwrelay`` on a free port of 127.0.0.1; returns the process and its host:port."""
+    (home / "relay").mkdir(mode=0o700, exist_ok=True)
+    log = (home / "logs" / "relay.log").open("ab")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "proxy.cli",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--host-key",
+        str(home / "relay" / "host_key"),
+        "--verify-key",
+        str(home / "jwt.pub"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=log,
+        start_new_session=True,
+    )
+    log.close()
+    assert proc.stdout is not None
+    line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode().strip()
+    if not line.startswith("xwrelay ready at "):
+        raise click.ClickException(f"the relay did not start (see {home / 'logs' / 'relay.log'})")
+    return proc, line.removeprefix("xwrelay ready at ")
 
 
 async def _stop_workers(procs: list[asyncio.subprocess.Process]) -> None:

@@ -29,6 +29,7 @@ from worker import state as st
 from worker.cache import FileCache
 from worker.execute import JobRun, JobSpec, Outcome
 from worker.sandbox import Limits, Sandbox
+from worker.tunnels import Tunnels
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +114,7 @@ class Worker:
         self.jobs_root = options.work_dir / "jobs"
         self.held: dict[str, _Held] = {}
         self.host_uid = ""
+        self.tunnels = Tunnels(client, "")
         self.alive_period = 10.0
         self.log = HostAdapter(logger, {"host": options.name})
         self._stop = asyncio.Event()
@@ -149,6 +151,7 @@ class Worker:
             for t in pending:
                 self.log.error("task %s ignores cancellation: %s", t.get_name(), t.get_stack(limit=3))
             await self._give_back()
+            await self.tunnels.aclose()
         self.log.info("worker stopped: %s", self._stop_reason)
         return self._stop_reason
 
@@ -176,7 +179,7 @@ class Worker:
             project=self.opt.project,
         )
         enrolment = await self.client.enrol(host)
-        self.host_uid = enrolment.host.uid
+        self.host_uid = self.tunnels.host_uid = enrolment.host.uid
         self.alive_period = enrolment.alive_period
         self.log.info(
             "enrolled as host %s (%s sandbox, %d slot(s), heartbeat every %g s)",
@@ -222,7 +225,18 @@ class Worker:
             for uid in self.state.held():
                 held = self.held.get(uid)
                 cpu, rss, wall = held.run.usage() if held and held.run else (0.0, 0, 0.0)
-                usage.append(JobUsage(job=uid, cpu_seconds=cpu, max_rss=rss, wall_seconds=wall))
+                tunnels = self.tunnels.jobs.get(uid)
+                net_in, net_out = tunnels.traffic() if tunnels else (0, 0)
+                usage.append(
+                    JobUsage(
+                        job=uid,
+                        cpu_seconds=cpu,
+                        max_rss=rss,
+                        wall_seconds=wall,
+                        net_in=net_in,
+                        net_out=net_out,
+                    )
+                )
             try:
                 reply = await self.client.heartbeat(self.host_uid, Heartbeat(running=usage))
             except XWError as err:
@@ -260,9 +274,18 @@ class Worker:
         self._apply(self.state.handle(st.Assigned(uid)))
         try:
             spec = await self._prepare(a, held)
-            held.run = JobRun(spec, self.jobs_root, self._sandbox_for(slot))
+            held.run = run = JobRun(spec, self.jobs_root, self._sandbox_for(slot))
             log.info("running %s %s", a.app_name, a.job.args)
-            outcome = held.outcome = await held.run.run()
+            task = asyncio.create_task(run.run())
+            try:
+                await self._open_tunnels(a, run, log)
+                outcome = held.outcome = await task
+            finally:
+                if not task.done():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+                await self.tunnels.close(uid)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a job must never take the worker down
@@ -276,6 +299,15 @@ class Worker:
         ok = outcome.status == "exited"
         log.info("ended: %s%s", outcome.status, f" ({outcome.reason})" if outcome.reason else "")
         self._apply(self.state.handle(st.Ended(uid, ok=ok, reason=outcome.reason, killed=killed)))
+
+    async def _open_tunnels(self, a: Assignment, run: JobRun, log: HostAdapter) -> None:
+        """Tunnels of a job that declares ports; a failure is logged and the job runs without them."""
+        try:
+            await self.tunnels.open(a, run)
+        except XWError as err:
+            log.warning("tunnels not available: %s", err.reason)
+        except OSError as err:
+            log.warning("tunnels not available: %s", err)
 
     async def _prepare(self, a: Assignment, held: _Held) -> JobSpec:
         async def get(ref: FileRef) -> Path:
@@ -310,6 +342,8 @@ class Worker:
             stdin=stdin,
             env={},
             limits=limits,
+            listen_ports=list(a.job.listen_ports),
+            forward_ports=[f.port for f in a.job.forward_addresses],
         )
 
     def _apply(self, instructions: list[st.Instruction]) -> None:

@@ -7,6 +7,7 @@ import contextlib
 import io
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -20,6 +21,7 @@ import pytest
 from client.api import XWClient
 from common.enums import AppType, JobStatus, UserRights
 from common.schemas import AppIn, Binary, JobOut, UserIn
+from proxy.relay import Relay, load_or_create_host_key
 
 ALIVE_PERIOD = 0.5
 ALIVE_TIMEOUT = 3.0
@@ -34,7 +36,16 @@ class LocalGrid:
     tmp: Path
     worker_conf: Path
     work_root: Path  # worker directories: traversable (0711) so jobs running as nobody reach their scratch
+    relay: Relay
+    relay_port: int
     procs: dict[str, asyncio.subprocess.Process] = field(default_factory=dict)
+
+    async def restart_relay(self) -> None:
+        """Kill the relay and start a new one on the same port (links must heal by themselves)."""
+        await self.relay.aclose()
+        key = load_or_create_host_key(self.tmp / "relay_key")
+        self.relay = Relay((self.grid.settings.home / "jwt.pub").read_bytes(), key)  # type: ignore[attr-defined]
+        await self.relay.start("127.0.0.1", self.relay_port)
 
     async def add_worker(self, name: str, *args: str, wait: bool = True) -> asyncio.subprocess.Process:
         """Start ``python -m worker`` as a separate process and wait until its host is enrolled."""
@@ -132,15 +143,26 @@ class LocalGrid:
 
 @pytest.fixture
 async def local_grid(tmp_path: Path, grid_factory) -> AsyncIterator[LocalGrid]:  # type: ignore[no-untyped-def]
-    """Server with fast heartbeats (0.5 s, lost after 3 s) and two workers of two slots each."""
-    g = await grid_factory(alive_period=ALIVE_PERIOD, alive_timeout=ALIVE_TIMEOUT, longpoll=5.0)
+    """Server with fast heartbeats (0.5 s, lost after 3 s), a relay, and two workers of two slots each."""
+    relay_port = free_port()
+    relay_key = tmp_path / "relay_key"
+    host_key = load_or_create_host_key(relay_key)
+    g = await grid_factory(
+        alive_period=ALIVE_PERIOD,
+        alive_timeout=ALIVE_TIMEOUT,
+        longpoll=5.0,
+        relays=f"127.0.0.1:{relay_port}",
+        relay_host_key=f"{relay_key}.pub",
+    )
+    relay = Relay((g.settings.home / "jwt.pub").read_bytes(), host_key)
+    await relay.start("127.0.0.1", relay_port)
     await g.admin.create_user(
         UserIn(login="worker", password="worker-password", rights=UserRights.WORKER_USER)
     )
     conf = g.write_client_conf(tmp_path / "worker.conf", login="worker", password="worker-password")
     work_root = Path(tempfile.mkdtemp(prefix="xwgrid-"))
     work_root.chmod(0o711)
-    lg = LocalGrid(g, tmp_path, conf, work_root)
+    lg = LocalGrid(g, tmp_path, conf, work_root, relay=relay, relay_port=relay_port)
     try:
         for name in ("w1", "w2"):
             await lg.add_worker(name, "--slots", "2", wait=False)
@@ -148,7 +170,15 @@ async def local_grid(tmp_path: Path, grid_factory) -> AsyncIterator[LocalGrid]: 
         yield lg
     finally:
         await lg.stop_all()
+        await lg.relay.aclose()
         shutil.rmtree(work_root, ignore_errors=True)
+
+
+def free_port() -> int:
+    """A port that was free a moment ago (the relay binds it right after the server is told)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 async def _all_enrolled(lg: LocalGrid, names: set[str]) -> bool:
