@@ -330,6 +330,10 @@ class XWClient:
         """Record a published client port (xwproxy) and get the ticket that publishes it."""
         return await self._call("POST", "/proxies", TunnelTicket, json={"port": port})  # server validates
 
+    async def proxy_ticket(self, proxy_uid: str) -> TunnelTicket:
+        """A fresh ticket that publishes one of our proxies again (to reconnect, or for a grant)."""
+        return await self._call("POST", f"/proxies/{proxy_uid}/ticket", TunnelTicket)
+
     # --- workers ----------------------------------------------------------------------------------
 
     async def hosts(self, **filters: str) -> list[HostOut]:
