@@ -178,8 +178,15 @@ async def test_example1_client_reaches_job_service(local_grid) -> None:  # type:
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 1 and out == b""
     assert len(err.decode().strip().splitlines()) == 1, err
-    await alice.remove(job.uid)
     assert bob is not None
+    name = f"job-{job.uid}-8080"
+    assert name in lg.relay.names()
+    await alice.remove(job.uid)  # the worker kills the job and its tunnels end with it
+
+    async def unpublished() -> bool:
+        return name not in lg.relay.names()
+
+    await lg.wait_for(unpublished, 30, "the deleted job's tunnel to end")
 
 
 async def test_example2_job_reaches_client_service(local_grid) -> None:  # type: ignore[no-untyped-def]
