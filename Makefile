@@ -31,6 +31,8 @@ help:
 	@echo "make format     ruff format + ruff check --fix"
 	@echo "make typecheck  mypy (strict, configured in pyproject.toml)"
 	@echo "make run        run a local grid in ./$(GRID_DIR) and a first sweep of 100 jobs"
+	@echo "make bench      run every benchmark (~15 min) and rewrite docs/BENCHMARKS.md"
+	@echo "make bench-quick  every benchmark with tiny sizes (CI); report in a temp dir, docs untouched"
 	@echo "make clean      remove caches and build artefacts (distclean: also .venv)"
 
 # ---------------------------------------------------------------------------
@@ -78,6 +80,19 @@ typecheck: venv
 
 run: venv
 	$(BIN)/xwgrid up --dir $(GRID_DIR) --demo
+
+# ---------------------------------------------------------------------------
+# benchmarks (bench/, docs/BENCHMARKS.md): not tests, no thresholds; a crash fails the target.
+# PostgreSQL figures need the server binaries; without them those rows say "not measured".
+
+.PHONY: bench bench-quick
+BENCH_PG := $(if $(wildcard /usr/lib/postgresql/*/bin/initdb),./scripts/pg-test-server --,)
+
+bench: venv
+	$(BENCH_PG) $(BIN)/python -m bench.run
+
+bench-quick: venv
+	$(BENCH_PG) $(BIN)/python -m bench.run --quick
 
 # ---------------------------------------------------------------------------
 # housekeeping
