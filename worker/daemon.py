@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from client.api import XWClient
 from common import __version__
 from common.enums import CPU, OS, AppType
@@ -138,6 +140,8 @@ class Worker:
         """Serve until stopped; returns why it stopped."""
         self.jobs_root.mkdir(parents=True, exist_ok=True)
         self.opt.sandbox.check_reachable(self.jobs_root)  # jobs of a root worker run as nobody
+        for pid in kill_leftovers(self.jobs_root):
+            self.log.warning("killed process %d left over from a previous run of this worker", pid)
         await self._enrol()
         loops = [self._heartbeat_loop(), self._tick_loop(), self._upload_retry_loop()]
         loops += [self._slot_loop(i) for i in range(self.opt.slots)]
@@ -418,6 +422,25 @@ class Worker:
                 held.run.cleanup()
         for task in list(self._tasks):
             task.cancel()
+
+
+def kill_leftovers(jobs_root: Path) -> list[int]:
+    """Kill processes of jobs a previous (killed) incarnation of this worker left behind.
+
+    A SIGKILLed worker cannot clean up, and bubblewrap's --die-with-parent does not survive the switch to
+    the job's uid, so an outer bwrap may linger. Such processes name the jobs directory on their command
+    line; nothing else does.
+    """
+    marker = str(jobs_root.resolve()) + os.sep
+    killed = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        if proc.info["pid"] == os.getpid():
+            continue
+        if any(marker in arg for arg in proc.info["cmdline"] or ()):
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+                killed.append(int(proc.info["pid"]))
+    return killed
 
 
 def _memory_bytes() -> int:

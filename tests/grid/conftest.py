@@ -22,6 +22,7 @@ from client.api import XWClient
 from common.enums import AppType, JobStatus, UserRights
 from common.schemas import AppIn, Binary, JobOut, UserIn
 from proxy.relay import Relay, load_or_create_host_key
+from worker.daemon import kill_leftovers
 
 ALIVE_PERIOD = 0.5
 ALIVE_TIMEOUT = 3.0
@@ -171,6 +172,7 @@ async def local_grid(tmp_path: Path, grid_factory) -> AsyncIterator[LocalGrid]: 
     finally:
         await lg.stop_all()
         await lg.relay.aclose()
+        kill_leftovers(work_root)  # jobs of workers a test SIGKILLed
         shutil.rmtree(work_root, ignore_errors=True)
 
 
