@@ -7,8 +7,9 @@
   jobs may name in ``--xwforwardaddresses``; it prints that address alone on the first line of stdout.
 
 Both serve until SIGINT or SIGTERM, then exit 0. Every other output goes to stderr; errors are one line
-(exit 1), as with the other xw* commands. Tickets expire: the relay link fetches a fresh one from the
-server each time it reconnects and for each grant.
+(exit 1), as with the other xw* commands. Tickets expire, and the relay accepts each one once: the relay
+link fetches a fresh one from the server each time it connects, for each grant, and to renew its rights
+about half way through a ticket's lifetime (docs/RELAY.md).
 
 This is the only module of ``client`` that imports ``proxy``: workers and xwproxy use its tunnel endpoints.
 """

@@ -11,7 +11,7 @@ from pathlib import Path
 import asyncssh
 import click
 
-from proxy.relay import Relay, load_or_create_host_key
+from proxy.relay import HostKeyError, Relay, load_or_create_host_key
 from proxy.tickets import TicketError, import_verify_key
 
 DEFAULT_HOST = "127.0.0.1"
@@ -57,6 +57,8 @@ def main(host: str, port: int, host_key: Path, verify_key: Path, verbose: bool) 
         key = load_or_create_host_key(host_key)
     except OSError as exc:
         raise click.ClickException(f"cannot use the host key {host_key}: {exc.strerror or exc}") from None
+    except HostKeyError as exc:
+        raise click.ClickException(f"cannot use the host key {host_key}: {exc}") from None
     except (ValueError, asyncssh.KeyImportError) as exc:
         raise click.ClickException(f"{host_key} is not an SSH private key: {exc}") from None
     asyncio.run(_serve(Relay(pem, key), host, port))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -15,8 +16,10 @@ from asyncssh.listener import TCPListenerFactory
 from asyncssh.stream import SSHTCPStreamSession
 
 from common.errors import Conflict, Forbidden, NotFound, TransportError, XWError
+from proxy.algorithms import ENCRYPTION_ALGS, HOST_KEY_ALGS, KEX_ALGS, MAC_ALGS
 from proxy.logs import Tagged
-from proxy.relay import ENCRYPTION_ALGS, KEEPALIVE_COUNT_MAX, KEEPALIVE_INTERVAL, USERNAME
+from proxy.relay import KEEPALIVE_COUNT_MAX, KEEPALIVE_INTERVAL, USERNAME
+from proxy.renewal import RENEW_TIMEOUT, Lease
 from proxy.splice import CountingReader, CountingWriter, Traffic, splice
 from proxy.tickets import TicketError, port_of
 
@@ -40,7 +43,9 @@ class Ticket:
 
 
 TicketSource = Callable[[], Awaitable[Ticket]]
-GrantSource = Callable[[], Awaitable[str]]  # a fresh grant token
+# A fresh grant token each call (the relay accepts a ticket once), with the same rights every call: the
+# link renews everything a source granted with one new token from it.
+GrantSource = Callable[[], Awaitable[str]]
 Target = Callable[[], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]  # opens the local service
 
 
@@ -81,8 +86,11 @@ class RelayLink:
         self._published: dict[str, tuple[Target, GrantSource]] = {}
         self._allowed: dict[str, GrantSource] = {}
         self._listeners: dict[str, asyncssh.SSHListener] = {}  # names published on the current connection
+        self._leases: dict[object, Lease] = {}  # by source (self._tickets or a GrantSource), this connection
+        self._wake = asyncio.Event()  # leases or the connection changed: the renewer looks again
         self._traffic: dict[str, Traffic] = {}
         self._supervisor: asyncio.Task[None] | None = None
+        self._renewer: asyncio.Task[None] | None = None
         self._closed = False
         self.relay = ""
         self.reconnects = 0
@@ -104,21 +112,23 @@ class RelayLink:
         """Connect for the first time (TicketError if refused, TransportError if unreachable)."""
         if self._supervisor is not None:
             raise RuntimeError("link already started")
-        conn = await self._connect()
+        conn, lease = await self._connect()
         try:
-            await self._restore(conn)
+            await self._restore(conn, lease)
         except BaseException:
             conn.close()
             raise
         self._supervisor = asyncio.create_task(self._supervise(conn))
+        self._renewer = asyncio.create_task(self._renew_forever())
 
     async def aclose(self) -> None:
         """Close the link; published names disappear from the relay."""
         self._closed = True
-        if self._supervisor is not None:
-            self._supervisor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._supervisor
+        for task in (self._supervisor, self._renewer):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         conn = self._conn
         self._drop(conn)
         self._up.set()  # wake waiters: they see the link closed
@@ -143,23 +153,30 @@ class RelayLink:
             self._published[name] = (target, grant)
             try:
                 if self._conn is not None:
-                    await self._publish_on(self._conn, name, target, grant)
+                    await self._publish_on(self._conn, name, target, grant, self._leases)
             except (OSError, asyncssh.Error) as exc:
                 self.log.info("publish %s interrupted (%s): done again on reconnect", name, exc)
             except BaseException:
                 del self._published[name]
+                self._forget_unused()
                 raise
 
     async def unpublish(self, name: str) -> None:
         """Stop publishing ``name`` (connections already spliced keep going)."""
         name = name.lower()
         self._published.pop(name, None)
+        self._forget_unused()
         listener = self._listeners.pop(name, None)
         if listener is not None:
             listener.close()
             with contextlib.suppress(OSError, asyncssh.Error):
                 await listener.wait_closed()
             self.log.info("unpublished %s", name)
+
+    def disallow(self, name: str) -> None:
+        """Stop renewing (and restoring) connect rights to ``name``; the relay lets them expire."""
+        self._allowed.pop(name.lower(), None)
+        self._forget_unused()
 
     async def allow(self, name: str, grant: GrantSource) -> None:
         """Acquire connect rights to ``name`` with tokens from ``grant``; re-granted after every reconnect."""
@@ -169,11 +186,12 @@ class RelayLink:
             self._allowed[name] = grant
             try:
                 if self._conn is not None:
-                    await self._allow_on(self._conn, grant)
+                    await self._grant_from(self._conn, grant, self._leases)
             except (OSError, asyncssh.Error) as exc:
                 self.log.info("allow %s interrupted (%s): done again on reconnect", name, exc)
             except BaseException:
                 del self._allowed[name]
+                self._forget_unused()
                 raise
 
     async def open(self, name: str, timeout: float | None = None) -> tuple[CountingReader, CountingWriter]:
@@ -200,9 +218,10 @@ class RelayLink:
 
     # -- the connection ----------------------------------------------------------------------------------
 
-    async def _connect(self) -> asyncssh.SSHClientConnection:
-        """One authenticated connection with a fresh ticket."""
+    async def _connect(self) -> tuple[asyncssh.SSHClientConnection, Lease]:
+        """One authenticated connection with a fresh ticket, and the lease of that ticket."""
         ticket = await self._tickets()
+        fetched = asyncio.get_running_loop().time()
         self.relay = ticket.relay
         host, port = _host_port(ticket.relay)
         client = _LinkClient()
@@ -221,7 +240,10 @@ class RelayLink:
                 agent_path=None,
                 config=None,
                 preferred_auth="password",
+                kex_algs=KEX_ALGS,
                 encryption_algs=ENCRYPTION_ALGS,
+                mac_algs=MAC_ALGS,
+                server_host_key_algs=HOST_KEY_ALGS,
                 keepalive_interval=self._keepalive,
                 keepalive_count_max=KEEPALIVE_COUNT_MAX,
                 connect_timeout=CONNECT_TIMEOUT,
@@ -235,13 +257,19 @@ class RelayLink:
         except (OSError, asyncssh.Error) as exc:
             raise TransportError(f"relay {ticket.relay} unreachable: {exc}") from None
         self.log.info("connected to relay %s", ticket.relay)
-        return conn
+        return conn, Lease.of(self._link_token, ticket.token, fetched)
+
+    async def _link_token(self) -> str:
+        """A fresh link ticket's token: renews ``link`` and whatever else the link tickets carry."""
+        return (await self._tickets()).token
 
     def _drop(self, conn: asyncssh.SSHClientConnection | None) -> None:
         if conn is not None and self._conn is conn:
             self._conn = None
             self._up.clear()
             self._listeners.clear()
+            self._leases = {}
+            self._wake.set()
 
     async def _wait_up(self, timeout: float) -> asyncssh.SSHClientConnection:
         try:
@@ -263,36 +291,55 @@ class RelayLink:
 
     async def _reconnect(self) -> asyncssh.SSHClientConnection:
         delay = BACKOFF_MIN
+        failures = 0
         while True:
             # jitter: a restarted relay does not see all its links at once
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, BACKOFF_MAX)
             try:
-                conn = await self._connect()
+                conn, lease = await self._connect()
+                try:
+                    await self._restore(conn, lease)
+                except BaseException:
+                    conn.close()
+                    raise
             except Exception as exc:  # the ticket source is the caller's code: keep the link alive regardless
-                self.log.warning("reconnect failed: %s", exc)
+                failures += 1
+                # Once as a warning: a relay down for an hour must not fill the log with the same line.
+                log = self.log.warning if failures == 1 else self.log.debug
+                log("reconnect failed (retrying with backoff up to %.0fs): %s", BACKOFF_MAX, exc)
                 continue
-            try:
-                await self._restore(conn)
-            except (OSError, asyncssh.Error) as exc:
-                self.log.warning("lost the relay again while restoring: %s", exc)
-                conn.close()
-                continue
+            if failures:
+                self.log.info("reconnected after %s failed attempts", failures)
             self.reconnects += 1
             return conn
 
-    async def _restore(self, conn: asyncssh.SSHClientConnection) -> None:
-        """Re-grant and re-publish everything registered on a new connection, then make it the current one."""
+    async def _restore(self, conn: asyncssh.SSHClientConnection, link: Lease) -> None:
+        """Re-grant and re-publish everything registered on a new connection, then make it the current one.
+
+        One fresh token per source: it carries the rights of every name registered with that source.
+        """
         async with self._lock:  # publish()/allow() see either the old state or the restored connection
+            leases: dict[object, Lease] = {self._tickets: link}
             for name, grant in list(self._allowed.items()):
-                await self._best_effort(f"allow {name}", self._allow_on(conn, grant))
+                if grant not in leases:
+                    await self._best_effort(f"allow {name}", self._grant_from(conn, grant, leases))
             for name, (target, grant) in list(self._published.items()):
-                await self._best_effort(f"publish {name}", self._publish_on(conn, name, target, grant))
+                step = self._publish_on(conn, name, target, grant, leases, fresh=grant not in leases)
+                await self._best_effort(f"publish {name}", step)
+            # A source whose grant was refused is retried by the renewer (with backoff), which then
+            # publishes its names: a source failing for a moment does not wait for the next reconnect.
+            now = asyncio.get_running_loop().time()
+            for grant in [*self._allowed.values(), *(g for _, g in self._published.values())]:
+                if grant not in leases:
+                    leases[grant] = Lease.retry(grant, now)
+            self._leases = leases
             self._conn = conn
             self._up.set()
+            self._wake.set()
 
     async def _best_effort(self, what: str, step: Awaitable[None]) -> None:
-        """Run one restore step: a refusal is logged (retried on the next reconnect), a lost link raises."""
+        """Run one restore step: a refusal is logged (retried by the renewer), a lost link raises."""
         try:
             await step
         except (OSError, asyncssh.Error):
@@ -307,19 +354,120 @@ class RelayLink:
             lines = str(result.stderr or "").strip().splitlines()
             raise TicketError(lines[0] if lines else f"grant refused (exit {result.exit_status})")
 
-    async def _allow_on(self, conn: asyncssh.SSHClientConnection, grant: GrantSource) -> None:
-        await self._grant(conn, await grant())
+    async def _grant_from(
+        self, conn: asyncssh.SSHClientConnection, grant: GrantSource, leases: dict[object, Lease]
+    ) -> None:
+        """Grant a fresh token from ``grant`` and record its lease in ``leases`` (the connection's)."""
+        token = await grant()
+        fetched = asyncio.get_running_loop().time()
+        await self._grant(conn, token)
+        leases[grant] = Lease.of(grant, token, fetched)
+        self._wake.set()
 
     async def _publish_on(
-        self, conn: asyncssh.SSHClientConnection, name: str, target: Target, grant: GrantSource
+        self,
+        conn: asyncssh.SSHClientConnection,
+        name: str,
+        target: Target,
+        grant: GrantSource,
+        leases: dict[object, Lease],
+        *,
+        fresh: bool = True,
     ) -> None:
-        await self._grant(conn, await grant())
+        if fresh:
+            await self._grant_from(conn, grant, leases)
+        await self._forward(conn, name, target)
+
+    async def _forward(self, conn: asyncssh.SSHClientConnection, name: str, target: Target) -> None:
+        """``tcpip-forward`` the name; again on the same connection, it replaces the relay's registration."""
         try:
             listener = await conn.create_server(self._acceptor(name, target), name, port_of(name))
         except asyncssh.ChannelListenError:
             raise Forbidden(f"relay refused to publish {name} (no right, or held by another)") from None
         self._listeners[name] = listener
         self.log.info("published %s", name)
+
+    # -- renewal -----------------------------------------------------------------------------------------
+
+    async def _renew_forever(self) -> None:
+        """Renew each source's rights when due, one at a time, while the link is up."""
+        loop = asyncio.get_running_loop()
+        while not self._closed:
+            self._wake.clear()
+            conn = self._conn if self._up.is_set() else None
+            leases = list(self._leases.items()) if conn is not None else []
+            if conn is None or not leases:
+                await self._wake.wait()
+                continue
+            key, lease = min(leases, key=lambda item: item[1].due)
+            delay = lease.due - loop.time()
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(None if math.isinf(delay) else delay):
+                        await self._wake.wait()
+                continue
+            await self._renew(conn, key, lease)
+
+    async def _renew(self, conn: asyncssh.SSHClientConnection, key: object, lease: Lease) -> None:
+        """Grant a fresh token from the lease's source; on failure log (once) and retry with backoff."""
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(RENEW_TIMEOUT):
+                token = await lease.fetch()
+                fetched = loop.time()
+                await self._grant(conn, token)
+        except Exception as exc:  # the source is the caller's code, the relay may refuse: the link stays
+            backoff = lease.failed(loop.time())
+            if self._conn is not conn or conn.is_closed():
+                return  # the link went down: restoring the next connection grants afresh
+            what = self._describe(key)
+            if lease.failures == 1:  # once as a warning: a server down for an hour is one line
+                self.log.warning("renewing %s failed (retrying with backoff): %s", what, exc)
+            else:
+                self.log.debug(
+                    "renewing %s failed %s times (next try in %.1fs): %s", what, lease.failures, backoff, exc
+                )
+            return
+        if self._conn is not conn or self._leases.get(key) is not lease:
+            return  # reconnected or forgotten meanwhile: that path granted afresh
+        self._leases[key] = Lease.of(lease.fetch, token, fetched)
+        if lease.failures:
+            self.log.info("renewed %s after %s failures", self._describe(key), lease.failures)
+        # A late renewal may come after the relay dropped the rights and withdrew names: forward them again.
+        await self._republish(conn, key, everything=lease.late(fetched))
+
+    async def _republish(self, conn: asyncssh.SSHClientConnection, key: object, *, everything: bool) -> None:
+        """Forward again the names this source's rights cover: all of them, or those not published now.
+
+        Forwarding a name again on the same connection replaces our own registration on the relay,
+        without a moment where the name is unpublished.
+        """
+        async with self._lock:
+            for name, (target, grant) in list(self._published.items()):
+                if self._conn is not conn:
+                    return
+                if (key is self._tickets or grant is key) and (everything or name not in self._listeners):
+                    try:
+                        await self._best_effort(f"publish {name}", self._forward(conn, name, target))
+                    except (OSError, asyncssh.Error):
+                        return  # the link broke: restoring the next connection publishes everything
+
+    def _describe(self, key: object) -> str:
+        if key is self._tickets:
+            return "the link ticket"
+        names = [n for n, (_, g) in self._published.items() if g is key]
+        names += [n for n, g in self._allowed.items() if g is key]
+        return "the grant for " + (", ".join(sorted(set(names))) or "nothing")
+
+    def _forget_unused(self) -> None:
+        """Stop renewing sources no name uses any more."""
+        used: set[object] = {
+            self._tickets,
+            *self._allowed.values(),
+            *(g for _, g in self._published.values()),
+        }
+        for key in [k for k in self._leases if k not in used]:
+            del self._leases[key]
 
     def _acceptor(self, name: str, target: Target) -> TCPListenerFactory[bytes]:
         """The session factory for forwarded connections to ``name``: connect the target, then splice."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable
 from pathlib import Path
 from typing import cast
@@ -12,9 +13,11 @@ import asyncssh
 from asyncssh.stream import SSHTCPStreamSession
 
 from common.config import write_private
+from proxy.algorithms import ENCRYPTION_ALGS, HOST_KEY_ALG, KEX_ALGS, MAC_ALGS
 from proxy.logs import Tagged
+from proxy.replay import MAX_REMEMBERED, SpentTickets
 from proxy.splice import Traffic, splice
-from proxy.tickets import CONNECT, LINK, PUBLISH, Claims, TicketError, port_of, verify
+from proxy.tickets import CONNECT, LEEWAY, LINK, PUBLISH, Claims, TicketError, port_of, verify
 
 logger = logging.getLogger(__name__)
 
@@ -23,21 +26,22 @@ KEEPALIVE_INTERVAL = 15.0  # seconds between keepalives; a peer missing KEEPALIV
 KEEPALIVE_COUNT_MAX = 3
 LOGIN_TIMEOUT = 30.0
 BRIDGE_TIMEOUT = 15.0  # how long a publisher may take to accept a forwarded-tcpip channel
-# Prefer AES-GCM (hardware accelerated almost everywhere), keep a portable fallback.
-ENCRYPTION_ALGS = [
-    "aes128-gcm@openssh.com",
-    "chacha20-poly1305@openssh.com",
-    "aes256-gcm@openssh.com",
-    "aes128-ctr",
-]
+# Expiry timers fire this much after a scope's end: asyncio may run a timer a clock tick early, and
+# a sweep that finds nothing expired yet would only re-arm itself.
+EXPIRY_SLACK = 0.05
+
+
+class HostKeyError(ValueError):
+    """A relay host key that is not ed25519 (the only host key algorithm the relay offers)."""
 
 
 def load_or_create_host_key(path: Path) -> asyncssh.SSHKey:
     """The relay's ed25519 host key from ``path`` (created 0600 if missing); keeps ``path``.pub up to date."""
     if path.exists():
         key = asyncssh.read_private_key(path)
+        _check_host_key(key)
     else:
-        key = asyncssh.generate_private_key("ssh-ed25519")
+        key = asyncssh.generate_private_key(HOST_KEY_ALG)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_private(path, key.export_private_key().decode())
     pub = path.with_name(path.name + ".pub")
@@ -50,6 +54,11 @@ def load_or_create_host_key(path: Path) -> asyncssh.SSHKey:
 def public_key_line(key: asyncssh.SSHKey) -> str:
     """The public half of ``key`` in OpenSSH format (what clients pin)."""
     return key.export_public_key("openssh").decode().strip()
+
+
+def _check_host_key(key: asyncssh.SSHKey) -> None:
+    if key.get_algorithm() != HOST_KEY_ALG:
+        raise HostKeyError(f"the relay host key must be {HOST_KEY_ALG}, not {key.get_algorithm()}")
 
 
 class Publication(asyncssh.SSHListener):
@@ -70,13 +79,19 @@ class Publication(asyncssh.SSHListener):
 
 
 class RelayPolicy(asyncssh.SSHServer):
-    """What one relay connection may do: ticket authentication, grants, publish and connect decisions."""
+    """What one relay connection may do: ticket authentication, grants, publish and connect decisions.
+
+    Each scope lasts as long as the ticket that granted it (exp + leeway; a later grant extends it).
+    One timer per connection, armed for the earliest end, drops lapsed scopes: then publications
+    whose ``publish`` scope is gone are withdrawn, and without ``link`` the connection is closed.
+    """
 
     def __init__(self, relay: Relay) -> None:
         self._relay = relay
         self._conn: asyncssh.SSHServerConnection | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self.subject: str | None = None
-        self.scopes: set[str] = set()
+        self.scopes: dict[str, float] = {}  # scope -> until (epoch seconds)
         self.log = Tagged(logger, "relay")
 
     # -- connection and authentication ------------------------------------------------------------------
@@ -89,6 +104,9 @@ class RelayPolicy(asyncssh.SSHServer):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.log.info("connection closed%s", f": {exc}" if exc else "")
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self._relay.detach(self)
 
     def begin_auth(self, username: str) -> bool:
@@ -105,7 +123,7 @@ class RelayPolicy(asyncssh.SSHServer):
         except TicketError as exc:
             return self._refuse(exc.reason)
         self.subject = claims.subject
-        self.scopes = set(claims.scopes)
+        self._take(claims)
         self.log.info("authenticated sub=%s scopes=%s", claims.subject, sorted(claims.scopes))
         return True
 
@@ -117,24 +135,71 @@ class RelayPolicy(asyncssh.SSHServer):
         return False
 
     def check(self, token: str) -> Claims:
-        """The claims of a ticket good for this relay (valid, with ``link`` in scope)."""
+        """The claims of a ticket good for this relay (valid, ``link`` in scope, never used before).
+
+        Using it is the last check: a ticket refused for another reason is not spent.
+        """
         claims = self._relay.verify(token)
         if LINK not in claims.scopes:
             raise TicketError(f"ticket has no {LINK!r} scope")
+        self._relay.spend(claims)
         return claims
 
     def grant(self, token: str) -> set[str]:
-        """Add a further ticket's scopes to this connection; the new scopes (TicketError if refused)."""
-        added = set(self.check(token).scopes) - self.scopes
-        self.scopes |= added
-        self.log.info("granted %s", sorted(added))
+        """Add (or extend) a further ticket's scopes on this connection; the new ones (TicketError if not)."""
+        claims = self.check(token)
+        added = self._take(claims)
+        if added:
+            self.log.info("granted %s", sorted(added))
+        else:
+            self.log.debug("renewed %s", sorted(claims.scopes))
         return added
+
+    def holds(self, scope: str) -> bool:
+        """Whether ``scope`` is granted and has not expired yet (no matter whether the sweep ran)."""
+        return self.scopes.get(scope, 0.0) > time.time()
+
+    def _take(self, claims: Claims) -> set[str]:
+        """Hold the ticket's scopes until it expires (extending those held already); the new ones."""
+        until = claims.expires + self._relay.leeway
+        now = time.time()
+        added = {scope for scope in claims.scopes if self.scopes.get(scope, 0.0) <= now}
+        for scope in claims.scopes:
+            self.scopes[scope] = max(self.scopes.get(scope, 0.0), until)
+        self._arm()
+        return added
+
+    def _arm(self) -> None:
+        """(Re)schedule the sweep for the earliest scope end."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.scopes:
+            delay = max(min(self.scopes.values()) - time.time(), 0.0) + EXPIRY_SLACK
+            self._timer = asyncio.get_running_loop().call_later(delay, self._expire)
+
+    def _expire(self) -> None:
+        """Drop lapsed scopes; withdraw what they allowed; close the connection once ``link`` is gone."""
+        self._timer = None
+        now = time.time()
+        lapsed = sorted(scope for scope, until in self.scopes.items() if until <= now)
+        for scope in lapsed:
+            del self.scopes[scope]
+        if lapsed:
+            self.log.info("expired (not renewed): %s", lapsed)
+        if LINK not in self.scopes:
+            self.log.info("closing the connection: its tickets expired")
+            if self._conn is not None:
+                self._conn.disconnect(asyncssh.DISC_BY_APPLICATION, "relay ticket expired (not renewed)")
+            return
+        self._relay.expire(self)
+        self._arm()
 
     # -- publish (tcpip-forward) and connect (direct-tcpip) ---------------------------------------------
 
     def server_requested(self, listen_host: str, listen_port: int) -> bool | asyncssh.SSHListener:
         name = listen_host.lower()
-        if PUBLISH + name not in self.scopes:
+        if not self.holds(PUBLISH + name):
             self.log.warning("publish %s refused: no %s%s in scope", name, PUBLISH, name)
             return False
         if not _has_port(name, listen_port):
@@ -147,7 +212,7 @@ class RelayPolicy(asyncssh.SSHServer):
         self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
     ) -> Awaitable[asyncssh.SSHTCPSession[bytes]]:
         name = dest_host.lower()
-        if CONNECT + name not in self.scopes:
+        if not self.holds(CONNECT + name):
             self.log.warning("connect %s refused: no %s%s in scope", name, CONNECT, name)
             raise asyncssh.ChannelOpenError(
                 asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, f"not allowed to connect to {name}"
@@ -215,10 +280,15 @@ class Relay:
         host_key: asyncssh.SSHKey,
         *,
         keepalive_interval: float = KEEPALIVE_INTERVAL,
+        leeway: int = LEEWAY,
+        max_tickets: int = MAX_REMEMBERED,
     ) -> None:
+        _check_host_key(host_key)
         self._verify_key = verify_key_pem
         self.host_key = host_key
         self._keepalive = keepalive_interval
+        self.leeway = leeway  # seconds a ticket (and what it granted) outlives its exp: clock skew
+        self._spent = SpentTickets(max_tickets)
         self._names: dict[str, Publication] = {}
         self._traffic: dict[str, Traffic] = {}
         self._policies: set[RelayPolicy] = set()
@@ -244,7 +314,9 @@ class Relay:
             server_factory=lambda: RelayPolicy(self),
             server_host_keys=[self.host_key],
             config=None,
+            kex_algs=KEX_ALGS,
             encryption_algs=ENCRYPTION_ALGS,
+            mac_algs=MAC_ALGS,
             keepalive_interval=self._keepalive,
             keepalive_count_max=KEEPALIVE_COUNT_MAX,
             login_timeout=LOGIN_TIMEOUT,
@@ -271,7 +343,11 @@ class Relay:
 
     def verify(self, token: str) -> Claims:
         """The claims of a ticket signed by the server (TicketError otherwise)."""
-        return verify(token, self._verify_key)
+        return verify(token, self._verify_key, leeway=self.leeway)
+
+    def spend(self, claims: Claims) -> None:
+        """Accept a verified ticket once on this relay (TicketError "ticket already used" the next time)."""
+        self._spent.spend(claims.jti, claims.expires + self.leeway)
 
     def stats(self, name: str) -> tuple[int, int]:
         """(bytes_in: connectors -> publisher, bytes_out: publisher -> connectors) through ``name``."""
@@ -306,11 +382,17 @@ class Relay:
         owner.log.info("published %s", name)
         return publication
 
-    def withdraw(self, publication: Publication) -> None:
+    def withdraw(self, publication: Publication, why: str = "") -> None:
         """Unpublish, unless the name has since been taken over by a newer registration."""
         if self._names.get(publication.name) is publication:
             del self._names[publication.name]
-            publication.owner.log.info("unpublished %s", publication.name)
+            publication.owner.log.info("unpublished %s%s", publication.name, why)
+
+    def expire(self, owner: RelayPolicy) -> None:
+        """Withdraw ``owner``'s publications whose publish scope has lapsed (spliced channels go on)."""
+        for publication in [p for p in self._names.values() if p.owner is owner]:
+            if not owner.holds(PUBLISH + publication.name):
+                self.withdraw(publication, ": its publish scope expired")
 
     def publisher(self, name: str) -> Publication | None:
         return self._names.get(name)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import functools
+import json
+import math
 import re
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from joserfc import jwt
 from joserfc.errors import ExpiredTokenError, InvalidClaimError, JoseError, MissingClaimError
@@ -19,6 +23,7 @@ ALG = "ES256"
 ISSUER = "xwhep"
 AUDIENCE = "relay"
 LEEWAY = 5  # seconds of clock skew tolerated between the server and the relay
+MAX_JTI = 128  # the server's are 32 hex digits; the relay remembers each one, so bound them
 
 LINK = "link"
 PUBLISH = "publish:"
@@ -40,7 +45,7 @@ class Claims:
     subject: str | None
     scopes: frozenset[str]
     expires: float
-    jti: str | None
+    jti: str
 
 
 def port_of(name: str) -> int:
@@ -70,9 +75,14 @@ def import_verify_key(public_key_pem: bytes) -> ECKey:
         raise TicketError("relay misconfigured: the verify key is not an EC public key") from exc
 
 
-def verify(token: str, public_key_pem: bytes, *, now: float | None = None) -> Claims:
-    """The claims of a valid relay ticket; TicketError with a one-line reason otherwise."""
+def verify(token: str, public_key_pem: bytes, *, now: float | None = None, leeway: int = LEEWAY) -> Claims:
+    """The claims of a valid relay ticket; TicketError with a one-line reason otherwise.
+
+    A ticket is valid while ``now < exp + leeway``; it must carry a ``jti`` (the relay accepts each
+    ticket once, see proxy.replay).
+    """
     key = import_verify_key(public_key_pem)
+    now = time.time() if now is None else now
     try:
         decoded = jwt.decode(token, key, algorithms=[ALG])
     except (JoseError, ValueError, TypeError) as exc:
@@ -81,8 +91,10 @@ def verify(token: str, public_key_pem: bytes, *, now: float | None = None) -> Cl
         raise TicketError(f"ticket algorithm must be {ALG}")
     claims: dict[str, Any] = dict(decoded.claims)
     registry = JWTClaimsRegistry(
-        now=int(time.time() if now is None else now),
-        leeway=LEEWAY,
+        # joserfc types ``now`` as whole seconds but only compares with it: the exact time keeps tickets
+        # with fractional times (iat just issued, exp) exact instead of off by up to a second.
+        now=cast(int, now),
+        leeway=leeway,
         iss={"essential": True, "value": ISSUER},
         aud={"essential": True, "value": AUDIENCE},
         exp={"essential": True},
@@ -98,11 +110,55 @@ def verify(token: str, public_key_pem: bytes, *, now: float | None = None) -> Cl
     scope = claims.get("scope")
     if not isinstance(scope, list) or not all(isinstance(s, str) for s in scope):
         raise TicketError("ticket rejected: scope must be a list of strings")
-    subject = claims.get("sub")
     jti = claims.get("jti")
+    if not isinstance(jti, str) or not jti:
+        raise TicketError("ticket rejected: no jti (tickets are single-use)")
+    if len(jti) > MAX_JTI:
+        raise TicketError(f"ticket rejected: jti longer than {MAX_JTI} characters")
+    subject = claims.get("sub")
     return Claims(
         subject=subject if isinstance(subject, str) else None,
         scopes=frozenset(scope),
         expires=float(claims["exp"]),
-        jti=jti if isinstance(jti, str) else None,
+        jti=jti,
     )
+
+
+def lifetime(token: str) -> float | None:
+    """Seconds ``token`` is meant to last from when it was issued, from its payload *without verifying it*.
+
+    Only for timing renewals (the relay verifies for real): ``exp - iat`` when both are there, so the
+    local clock's skew against the server's does not matter for a freshly fetched ticket; ``exp - now``
+    otherwise. None if the payload does not decode or has no numeric ``exp``.
+    """
+    claims = unverified_claims(token)
+    exp, iat = _number(claims.get("exp")), _number(claims.get("iat"))
+    if exp is None:
+        return None
+    if iat is not None and exp > iat:
+        return exp - iat
+    return exp - time.time()
+
+
+def unverified_claims(token: str) -> dict[str, Any]:
+    """The JWT payload of ``token``, not verified ({} if it does not decode): never trust it for access."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return {}
+    payload = parts[1]
+    try:
+        decoded = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (binascii.Error, ValueError):  # bad base64, bad UTF-8, bad JSON
+        return {}
+    return decoded if isinstance(decoded, dict) else {}
+
+
+def _number(value: object) -> float | None:
+    """A finite JSON number as a float; None for anything else (renewal timing must never be NaN)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # an int too large for a float
+        return None
+    return number if math.isfinite(number) else None

@@ -135,9 +135,16 @@ class Tunnels:
             return
         for server in tunnels.servers:
             server.close()
+        for name in tunnels.allowed:  # its grants fail once the job ends: stop renewing them
+            tunnels.link.disallow(name)
         for name in tunnels.published:
             with contextlib.suppress(XWError, OSError):
                 await tunnels.link.unpublish(name)
+        # Only a running job's tickets can renew a link (relay tickets expire): close a link no job uses.
+        if not any(t.link is tunnels.link for t in self.jobs.values()):
+            for relay in [r for r, link in self.links.items() if link is tunnels.link]:
+                del self.links[relay]
+            await tunnels.link.aclose()
 
     async def aclose(self) -> None:
         for job in list(self.jobs):

@@ -28,20 +28,25 @@ class Signer:
     def public_pem(self) -> bytes:
         return self.key.as_pem(private=False)
 
-    def token(self, scopes: Iterable[str], *, sub: str = "host-1", ttl: int = 300, **over: Any) -> str:
-        now = int(time.time())
+    def token(self, scopes: Iterable[str], *, sub: str = "host-1", ttl: float = 300, **over: Any) -> str:
+        """A ticket for ``link`` and ``scopes``; ``over`` replaces claims (None leaves a claim out).
+
+        An int ``ttl`` gives whole-second times as the server does; a float one, exact times (iat = now,
+        exp = now + ttl) for tests where a ticket must last a precise, short while.
+        """
+        now: float = time.time() if isinstance(ttl, float) else int(time.time())
         claims = {
             "iss": "xwhep",
             "sub": sub,
             "aud": "relay",
             "iat": now,
-            "nbf": now - 5,
+            "nbf": int(now) - 5,
             "exp": now + ttl,
             "jti": uuid.uuid4().hex,
             "scope": ["link", *scopes],
             **over,
         }
-        return jwt.encode({"alg": "ES256"}, claims, self.key)
+        return jwt.encode({"alg": "ES256"}, {k: v for k, v in claims.items() if v is not None}, self.key)
 
 
 @pytest.fixture
@@ -82,17 +87,38 @@ class Grid:
 
         return source
 
-    def grants(self, *scopes: str, sub: str = "host-1") -> Callable[[], Awaitable[str]]:
+    def grants(self, *scopes: str, sub: str = "host-1", **over: Any) -> Callable[[], Awaitable[str]]:
         async def source() -> str:
-            return self.signer.token(scopes, sub=sub)
+            return self.signer.token(scopes, sub=sub, **over)
 
         return source
 
-    async def link(self, *scopes: str, sub: str = "host-1", **kwargs: Any) -> RelayLink:
-        link = RelayLink(self.tickets(*scopes, sub=sub), label=sub, **kwargs)
+    async def link(self, *scopes: str, sub: str = "host-1", ttl: float = 300, **kwargs: Any) -> RelayLink:
+        link = RelayLink(self.tickets(*scopes, sub=sub, ttl=ttl), label=sub, **kwargs)
         self.links.append(link)
         await link.start()
         return link
+
+    def ssh(self, token: str, **options: Any) -> Any:
+        """A raw asyncssh connection to the relay (``async with``), authenticated with ``token``."""
+        return asyncssh.connect(
+            "127.0.0.1",
+            self.relay.port,
+            username="xw",
+            password=token,
+            known_hosts=None,
+            config=None,
+            **options,
+        )
+
+    @staticmethod
+    async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
+        """Wait until ``check()`` holds, polling; fail if it does not within ``timeout`` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not check():
+            assert loop.time() < deadline, "condition not reached in time"
+            await asyncio.sleep(0.02)
 
     @staticmethod
     def target(port: int) -> Target:
@@ -136,6 +162,19 @@ async def grid(signer: Signer, relay: Relay) -> AsyncIterator[Grid]:
         yield made
     finally:
         await asyncio.gather(*(link.aclose() for link in made.links))
+
+
+@pytest.fixture
+async def strict_grid(signer: Signer, host_key: asyncssh.SSHKey) -> AsyncIterator[Grid]:
+    """A grid whose relay allows no clock skew: a ticket, and what it grants, ends exactly at its exp."""
+    server = Relay(signer.public_pem, host_key, leeway=0)
+    await server.start("127.0.0.1", 0)
+    made = Grid(signer, server)
+    try:
+        yield made
+    finally:
+        await asyncio.gather(*(link.aclose() for link in made.links))
+        await server.aclose()
 
 
 async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -10,7 +10,7 @@ import pytest
 from joserfc import jwt
 from joserfc.jwk import OctKey
 
-from proxy.tickets import TicketError, is_name, port_of, verify
+from proxy.tickets import TicketError, is_name, lifetime, port_of, unverified_claims, verify
 
 UID = "0b5c1d2e-3f40-4a5b-8c6d-7e8f90a1b2c3"
 
@@ -56,6 +56,40 @@ def test_a_missing_expiry_is_refused(signer) -> None:
     token = jwt.encode({"alg": "ES256"}, {"iss": "xwhep", "aud": "relay", "scope": ["link"]}, signer.key)
     with pytest.raises(TicketError, match="exp"):
         verify(token, signer.public_pem)
+
+
+@pytest.mark.parametrize(
+    "jti", [None, "", 7, "x" * 129], ids=["missing", "empty", "not-a-string", "too-long"]
+)
+def test_a_ticket_needs_a_usable_jti(signer, jti) -> None:
+    with pytest.raises(TicketError, match="jti"):
+        verify(signer.token([], jti=jti), signer.public_pem)
+
+
+def test_expiry_is_exact_to_the_fraction_of_a_second(signer) -> None:
+    now = time.time()
+    token = signer.token([], exp=now + 10.5, iat=now)
+    assert verify(token, signer.public_pem, now=now + 10.4, leeway=0).expires == now + 10.5
+    with pytest.raises(TicketError, match="expired"):
+        verify(token, signer.public_pem, now=now + 10.5, leeway=0)
+    verify(token, signer.public_pem, now=now + 12, leeway=2)  # the leeway is added to exp
+    with pytest.raises(TicketError, match="expired"):
+        verify(token, signer.public_pem, now=now + 12.5, leeway=2)
+
+
+def test_lifetime_reads_the_payload_without_verifying(signer) -> None:
+    assert lifetime(signer.token([], ttl=300)) == 300  # exp - iat: the local clock does not matter
+    assert lifetime(type(signer)().token([], ttl=60)) == 60  # any key: only for timing renewals
+    no_iat = signer.token([], iat=None, exp=int(time.time()) + 100)
+    assert 98 <= (lifetime(no_iat) or 0) <= 100  # exp - now
+    assert lifetime(signer.token([], exp=None)) is None
+    assert lifetime(signer.token([], exp="soon")) is None
+    assert lifetime(signer.token([], exp=10**400)) is None
+    assert lifetime(signer.token([], exp=float("nan"))) is None
+    assert lifetime("not.a-jwt.token") is None
+    assert lifetime("garbage") is None
+    assert unverified_claims(signer.token(["connect:x"], sub="w"))["sub"] == "w"
+    assert unverified_claims("a.W10.b") == {}  # a JSON list, not an object
 
 
 def test_a_symmetric_ticket_is_refused(signer) -> None:
