@@ -31,7 +31,7 @@ help:
 	@echo "make format     ruff format + ruff check --fix"
 	@echo "make typecheck  mypy (strict, configured in pyproject.toml)"
 	@echo "make run        run a local grid in ./$(GRID_DIR) and a first sweep of 100 jobs"
-	@echo "make bench      run every benchmark (~15 min) and rewrite docs/BENCHMARKS.md"
+	@echo "make bench      run every benchmark (~20 min) and rewrite docs/BENCHMARKS.md"
 	@echo "make bench-quick  every benchmark with tiny sizes (CI); report in a temp dir, docs untouched"
 	@echo "make clean      remove caches and build artefacts (distclean: also .venv)"
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from bench.harness import DOC, RESULTS, ROOT, load_results, machine_line
 
-ORDER = ["dispatch", "latency", "scale", "submit", "relay", "data"]
+ORDER = ["dispatch", "latency", "scale", "submit", "relay", "data", "connections"]
 ANALYSIS = ROOT / "bench" / "analysis.md"
 OTHERS = "other processes' cores"
 
@@ -272,6 +272,53 @@ def _data(d: dict[str, Any]) -> list[str]:
     return out
 
 
+def _connections(d: dict[str, Any]) -> list[str]:
+    sizes = d.get("sizes", {})
+    out = [
+        f"Flood: {sizes.get('idle', 0):,} idle TCP connections and {sizes.get('trickle', 0):,} TLS "
+        f"connections trickling a header byte every {num(sizes.get('interval'))} s, from "
+        f"{sizes.get('attackers')} attacker processes that reopen what the server closes; pings "
+        "alternate between a new connection per request and a keep-alive connection.",
+        "",
+        *md_head(
+            "listener",
+            "ping p50 / p99 ms, new connection (failed)",
+            "ping p50 / p99 ms, keep-alive (failed)",
+            "same without the flood: p99 new / keep-alive",
+            "server VmHWM MiB",
+            "descriptors at peak",
+            "connections open (flood side)",
+            "reopened per s",
+            "cores: server / flood / machine",
+            "log lines (tracebacks)",
+        ),
+    ]
+    for mode in ("gated", "plain"):
+        r = d.get(mode)
+        if not r:
+            continue
+        new, kept = r["flood"]["new"], r["flood"]["keepalive"]
+        label = {"gated": "gated (new)", "plain": "plain (aiohttp TCPSite, before)"}[mode]
+        if r.get("stopped_early"):
+            label += f"; stopped early: {r['stopped_early']}"
+        out.append(
+            md_row(
+                cell(label),
+                f"{num(new['p50_ms'])} / {num(new['p99_ms'])} ({new['failed']})",
+                f"{num(kept['p50_ms'])} / {num(kept['p99_ms'])} ({kept['failed']})",
+                f"{num(r['quiet']['new']['p99_ms'])} / {num(r['quiet']['keepalive']['p99_ms'])}",
+                num(r["hwm_mib"]),
+                f"{r['peak_fds']:,}",
+                f"{r['flood_open_at_start']:,} -> {r['flood_open_at_end']:,}",
+                num(r["reopened_per_s"]),
+                f"{num(r['server_cpu_busy'])} / {num(r.get('flood_cpu_busy'))} / "
+                f"{num(r.get('machine_cpu_busy'))}",
+                f"{r['log']['lines']:,} ({r['log']['tracebacks']:,})",
+            )
+        )
+    return out
+
+
 DETAILS = {
     "dispatch": _dispatch,
     "latency": _latency,
@@ -279,6 +326,7 @@ DETAILS = {
     "submit": _submit,
     "relay": _relay,
     "data": _data,
+    "connections": _connections,
 }
 
 
@@ -326,12 +374,12 @@ def render(results: dict[str, Any], *, quick: bool) -> str:
         "",
         *table(records),
         "",
-        "How to run (from the repository root): `make bench` runs everything (~16 min) under a throwaway",
+        "How to run (from the repository root): `make bench` runs everything (~20 min) under a throwaway",
         "PostgreSQL (`scripts/pg-test-server`), stores the records in bench/results/latest.json and rewrites",
-        "this file; `make bench-quick` runs every benchmark with tiny sizes in about a minute and a half",
-        "(part of CI: it fails if a benchmark crashes) and writes its report to a temporary directory. One",
+        "this file; `make bench-quick` runs every benchmark with tiny sizes in about two minutes (part",
+        "of CI: it fails if a benchmark crashes) and writes its report to a temporary directory. One",
         "benchmark: `.venv/bin/python -m bench.NAME [--quick] [--no-profile] [--keep]` with NAME one of",
-        "dispatch, latency, scale, submit, relay, data. Profiles need py-spy in the virtualenv",
+        "dispatch, latency, scale, submit, relay, data, connections. Profiles need py-spy in the virtualenv",
         "(`.venv/bin/pip install py-spy`); the OpenSSH baseline needs `openssh-server`. Both are skipped,",
         "with the reason in the report, when missing.",
         "",

@@ -40,6 +40,7 @@ BENCHMARKS = {
     "submit": (1500, 180),
     "relay": (600, 180),
     "data": (600, 180),
+    "connections": (900, 180),
 }
 
 

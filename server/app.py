@@ -10,19 +10,25 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from server import connguard
 from server.auth import auth_middleware, server_ssl_context
 from server.db.engine import make_engine, make_sessionmaker, upgrade
 from server.dispatch import Dispatcher
 from server.http import Routes, problem_middleware
+from server.listener import ConnectionLimits, GatedSite
+from server.longpoll import LongPollBudget
 from server.openapi import openapi_routes
 from server.pki import CA
-from server.routes import apps, auth, data, hosts, jobs, objects, tunnels, users
+from server.routes import apps, auth, certificates, data, hosts, jobs, objects, tunnels, users
 from server.settings import ServerSettings
 from server.state import SERVICES, Services
 from server.store import DataStore
 from server.tokens import TokenSigner
 
 logger = logging.getLogger(__name__)
+
+BACKLOG = 1024  # pending connections the kernel holds while the loop is busy
+CLIENT_KEEPALIVE = 15.0  # aiohttp's client drops idle pooled connections after this (TCPConnector)
 
 ROUTE_TABLES: list[Routes] = [
     auth.routes,
@@ -32,6 +38,7 @@ ROUTE_TABLES: list[Routes] = [
     jobs.routes,
     hosts.routes,
     tunnels.routes,
+    certificates.routes,
     objects.routes,
 ]
 
@@ -56,6 +63,7 @@ def create_app(settings: ServerSettings, *, migrate: bool = True) -> web.Applica
             ca=CA.load(settings.ca_cert, settings.ca_key),
             store=DataStore(settings.store_dir),
             dispatcher=Dispatcher(),
+            longpolls=LongPollBudget(settings.max_longpolls),
         )
         try:
             yield
@@ -95,14 +103,47 @@ class RunningServer:
 
 
 async def start(settings: ServerSettings, *, migrate: bool = True) -> RunningServer:
-    """Start serving HTTPS on settings.host:settings.port (0 picks a free port)."""
-    runner = web.AppRunner(create_app(settings, migrate=migrate), access_log=None, handler_cancellation=True)
-    await runner.setup()
-    site = web.TCPSite(
-        runner, settings.host, settings.port, ssl_context=server_ssl_context(settings), backlog=1024
+    """Start serving HTTPS on settings.host:settings.port (0 picks a free port).
+
+    The gated listener (server/listener.py) caps open connections and times out handshakes, request
+    heads, bodies and idle keep-alives. ``listener = "plain"`` is aiohttp's TCPSite as it was before
+    (none of that), kept as the baseline of bench/connections.py.
+    """
+    app = create_app(settings, migrate=migrate)
+    if settings.listener == "plain":
+        runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+        await runner.setup()
+        site = web.TCPSite(
+            runner, settings.host, settings.port, ssl_context=server_ssl_context(settings), backlog=BACKLOG
+        )
+        await site.start()
+        sockets = getattr(site._server, "sockets", None)
+        assert sockets, "site did not bind"
+        return RunningServer(runner, settings.host, int(sockets[0].getsockname()[1]))
+    if settings.keepalive_timeout <= CLIENT_KEEPALIVE:
+        logger.warning(
+            "keepalive_timeout %g s is not longer than clients keep idle connections (%g s): a request "
+            "may meet a connection the server is closing",
+            settings.keepalive_timeout,
+            CLIENT_KEEPALIVE,
+        )
+    limits = ConnectionLimits.from_settings(settings)  # checks them before anything opens
+    connguard.install(app)
+    runner = web.AppRunner(
+        app, access_log=None, handler_cancellation=True, keepalive_timeout=settings.keepalive_timeout
     )
-    await site.start()
-    sockets = getattr(site._server, "sockets", None)
-    assert sockets, "site did not bind"
-    port = int(sockets[0].getsockname()[1])
-    return RunningServer(runner, settings.host, port)
+    await runner.setup()
+    gated = GatedSite(
+        runner,
+        settings.host,
+        settings.port,
+        ssl_context=server_ssl_context(settings),
+        limits=limits,
+        backlog=BACKLOG,
+    )
+    try:
+        await gated.start()
+    except BaseException:  # e.g. the port is taken: close the database and the rest again
+        await runner.cleanup()
+        raise
+    return RunningServer(runner, settings.host, gated.port)

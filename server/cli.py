@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -78,6 +79,8 @@ async def _serve(settings: object) -> None:
 
     assert isinstance(settings, ServerSettings)
     server = await start(settings)
+    # the ~100k objects of imports and start-up never die: keep them out of every full collection
+    gc.freeze()
     url = f"https://{settings.uri_host}:{server.port}"
     if settings.admin_conf.exists():
         set_conf_server(settings.admin_conf, url)

@@ -19,6 +19,18 @@ DEFAULT_PAGE = 100
 MAX_PAGE = 1000
 MAX_JSON_BYTES = 1 << 20
 DEFAULT_TICKET_TTL = 300.0
+# Connection handling (server/listener.py, server/connguard.py). The client keeps idle pooled
+# connections 15 s (aiohttp's default), so the server's idle timeout must be longer: the client then
+# always drops an idle connection first and never sends a request on one the server is closing.
+DEFAULT_MAX_CONNECTIONS = 0  # 0: derived from the open-file limit (server/listener.py)
+DEFAULT_HANDSHAKE_TIMEOUT = 10.0  # accept -> TLS handshake done, first byte included
+DEFAULT_HEADER_TIMEOUT = 15.0  # first byte of a request (a connection's first: its handshake) -> head
+DEFAULT_KEEPALIVE_TIMEOUT = 75.0  # idle between requests (nginx's default)
+DEFAULT_BODY_TIMEOUT = 30.0  # no byte of a request body for this long ends the request (408)
+DEFAULT_MAX_LONGPOLLS = 1000  # work requests waiting at once, per process (each re-claims every second)
+DEFAULT_TLS_READ_BUFFER = 256 * 1024  # bytes per TLS receive, one buffer shared by all connections
+# (server/tlsbuffer.py); 0: asyncio's own buffer of that size per connection
+LISTENERS = ("gated", "plain")  # plain: aiohttp's TCPSite as before (a benchmark baseline)
 SETTINGS_FILE = "settings.toml"
 
 
@@ -40,6 +52,14 @@ class ServerSettings:
     relays: str = ""  # comma-separated host:port of the relay processes (xwrelay); "" = no tunnels
     relay_host_key: str = ""  # path of the relays' OpenSSH public host key file, read per ticket
     ticket_ttl: float = DEFAULT_TICKET_TTL  # seconds a relay ticket stays valid
+    max_connections: int = DEFAULT_MAX_CONNECTIONS  # open connections at most; 0 = derive
+    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT
+    keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT
+    body_timeout: float = DEFAULT_BODY_TIMEOUT
+    max_longpolls: int = DEFAULT_MAX_LONGPOLLS
+    tls_read_buffer: int = DEFAULT_TLS_READ_BUFFER
+    listener: str = "gated"  # one of LISTENERS
     env_keys: tuple[str, ...] = field(default=(), compare=False)
 
     @property
@@ -105,7 +125,18 @@ _ENV = {
     "XW_RELAYS": "relays",
     "XW_RELAY_HOST_KEY": "relay_host_key",
     "XW_TICKET_TTL": "ticket_ttl",
+    "XW_MAX_CONNECTIONS": "max_connections",
+    "XW_HANDSHAKE_TIMEOUT": "handshake_timeout",
+    "XW_HEADER_TIMEOUT": "header_timeout",
+    "XW_KEEPALIVE_TIMEOUT": "keepalive_timeout",
+    "XW_BODY_TIMEOUT": "body_timeout",
+    "XW_MAX_LONGPOLLS": "max_longpolls",
+    "XW_TLS_READ_BUFFER": "tls_read_buffer",
+    "XW_LISTENER": "listener",
 }
+
+_INT_LIMITS = ("max_connections", "max_longpolls", "tls_read_buffer")
+_TIMEOUTS = ("handshake_timeout", "header_timeout", "keepalive_timeout", "body_timeout")
 
 
 def load_settings(home: Path, **overrides: Any) -> ServerSettings:
@@ -126,7 +157,7 @@ def load_settings(home: Path, **overrides: Any) -> ServerSettings:
         if env in os.environ:
             values[key] = os.environ[env]
     values.update({k: v for k, v in overrides.items() if v is not None})
-    for key in ("port", "token_ttl", "max_json_bytes"):
+    for key in ("port", "token_ttl", "max_json_bytes", *_INT_LIMITS):
         if key in values:
             values[key] = int(values[key])
     if isinstance(values.get("relays"), list | tuple):  # settings.toml may list them
@@ -134,7 +165,9 @@ def load_settings(home: Path, **overrides: Any) -> ServerSettings:
     for key in ("relays", "relay_host_key"):
         if key in values:
             values[key] = str(values[key])
-    for key in ("alive_period", "alive_timeout", "longpoll", "ticket_ttl"):
+    for key in ("alive_period", "alive_timeout", "longpoll", "ticket_ttl", *_TIMEOUTS):
         if key in values:
             values[key] = float(values[key])
+    if "listener" in values and values["listener"] not in LISTENERS:
+        raise ValueError(f"listener must be one of {', '.join(LISTENERS)}, not {values['listener']!r}")
     return replace(settings, **values)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.errors import PayloadTooLarge, ValidationFailed
+from server.bodytimeout import IdleLimited
 
 CHUNK = 1 << 20
 
@@ -60,7 +61,7 @@ class DataStore:
         try:
             with os.fdopen(fd, "wb") as fh:
                 buf = bytearray()
-                async for chunk in chunks:
+                async for chunk in IdleLimited(chunks):  # 408 if the client stops sending
                     size += len(chunk)
                     if size > max_size or (expect_size is not None and size > expect_size):
                         raise PayloadTooLarge(
