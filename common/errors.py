@@ -8,7 +8,9 @@
     +-- NotFound                  (code "not-found", 404)
     +-- Conflict                  (code "conflict", 409)
     |   +-- IllegalTransition     (code "illegal-transition", 409)
+    +-- RequestTimeout            (code "request-timeout", 408: a request body stopped arriving)
     +-- PayloadTooLarge           (code "too-large", 413)
+    +-- TooManyRequests           (code "too-many-requests", 429; ``retry_after`` seconds)
     +-- TransportError            (code "transport", no HTTP status: client side, server unreachable)
 
 The server renders these as RFC 9457 problem+json whose ``type`` is ``PROBLEM_BASE + code``; the client
@@ -17,6 +19,7 @@ turns a problem document back into the same class, so both sides raise and catch
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 PROBLEM_BASE = "urn:xwhep:problem:"
@@ -101,12 +104,39 @@ class IllegalTransition(Conflict):
     title = "Illegal state transition"
 
 
+class RequestTimeout(XWError):
+    """The client stopped sending the request (its body) for too long."""
+
+    code = "request-timeout"
+    status = 408
+    title = "Request timeout"
+
+
 class PayloadTooLarge(XWError):
     """The request body is larger than allowed."""
 
     code = "too-large"
     status = 413
     title = "Payload too large"
+
+
+class TooManyRequests(XWError):
+    """Slow down: too many attempts (e.g. failed logins) or the server is saturated; retry later."""
+
+    code = "too-many-requests"
+    status = 429
+    title = "Too many requests"
+
+    def __init__(self, reason: str, retry_after: Any = 1.0, **extra: Any) -> None:
+        try:
+            seconds = max(1, math.ceil(float(retry_after)))
+        except (TypeError, ValueError, OverflowError):
+            seconds = 1  # a problem document from elsewhere may hold anything
+        super().__init__(reason, retry_after=seconds, **extra)
+
+    @property
+    def retry_after(self) -> int:
+        return int(self.extra.get("retry_after", 1))
 
 
 class TransportError(XWError):
@@ -128,7 +158,9 @@ _BY_CODE: dict[str, type[XWError]] = {
         NotFound,
         Conflict,
         IllegalTransition,
+        RequestTimeout,
         PayloadTooLarge,
+        TooManyRequests,
         TransportError,
     )
 }

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Generic, Literal, TypeVar
+from typing import Annotated, Generic, Literal, Self, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 
 from common.enums import CPU, OS, AppType, DataStatus, JobStatus, UserRights
 from common.rights import parse_mode
@@ -14,6 +14,17 @@ from common.rights import parse_mode
 MAX_NAME = 128
 MAX_ARGS = 8192
 _NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+@=:-]*")
+# The same rule for the OpenAPI document (no lookahead: "no '..'" is "each '.' is followed by another
+# character, or ends the name"), so schema-driven clients generate names the server takes.
+NAME_PATTERN = r"^[A-Za-z0-9_](?:\.?[A-Za-z0-9_+@=:-])*\.?$"
+# Modes as parse_mode reads them, for the document: 755, 0755, 0o755, 0x755 (<= 1777), or u+x,go-w.
+MODE_PATTERN = r"^(?:(?:0[xXoO]?)?[01]?[0-7]{1,3}|[ugoa]*[-+=][rwxt]*(?:,[ugoa]*[-+=][rwxt]*)*)$"
+UID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+
+# Every integer fits its column (Integer is int32, BigInteger int64) with room to spare.
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+MAX_BYTES = 1 << 60  # 1 EiB: sizes, memory, disk, byte counters (doubled for rlimits, still < 2**63)
+MAX_SECONDS = 1e12  # CPU or wall seconds: a year on 4096 cores is 1.3e11
 
 
 def _check_name(v: str) -> str:
@@ -30,17 +41,61 @@ def _check_mode(v: str) -> str:
     return v
 
 
-Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME), AfterValidator(_check_name)]
-Mode = Annotated[str, Field(max_length=32), AfterValidator(_check_mode)]
-Uid = Annotated[str, Field(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")]
+# Name and Mode keep their readable error messages (AfterValidator); the pattern is for the document.
+Name = Annotated[
+    str,
+    Field(min_length=1, max_length=MAX_NAME, json_schema_extra={"pattern": NAME_PATTERN}),
+    AfterValidator(_check_name),
+]
+Mode = Annotated[
+    str, Field(max_length=32, json_schema_extra={"pattern": MODE_PATTERN}), AfterValidator(_check_mode)
+]
+Uid = Annotated[str, Field(pattern=UID_PATTERN)]
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 Port = Annotated[int, Field(ge=1, le=65535)]
+Bytes = Annotated[int, Field(ge=0, le=MAX_BYTES)]
+Seconds = Annotated[float, Field(ge=0, le=MAX_SECONDS)]
+ReturnCode = Annotated[int, Field(ge=INT32_MIN, le=INT32_MAX)]  # jobs.return_code is an Integer column
+
+
+# Validation context for a JSON document whose raw bytes hold no ``\u0000`` escape: the only way to write
+# U+0000 in JSON (raw control characters are malformed), so none of its strings can hold one.
+NUL_FREE = {"nul_free": True}
+
+
+def _has_nul(value: object) -> bool:
+    # exact types, not isinstance: this runs for every model read from the wire
+    if type(value) is str:
+        return "\x00" in value
+    if type(value) is list or type(value) is tuple or type(value) is set or type(value) is frozenset:
+        return any(_has_nul(v) for v in value)
+    if type(value) is dict:
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    return False  # numbers; enum values are fixed; nested models checked themselves
 
 
 class Model(BaseModel):
-    """Base: unknown fields are refused, so typos fail loudly."""
+    """Base: unknown fields are refused, so typos fail loudly; floats are finite; wire text has no NUL.
 
-    model_config = ConfigDict(extra="forbid")
+    NaN and infinities have no JSON spelling, and PostgreSQL stores a NaN that then breaks every reader.
+    """
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _no_nul(self, info: ValidationInfo) -> Self:
+        """Refuse U+0000 in any string of a document read from the wire (PostgreSQL cannot store it).
+
+        Only JSON (and string) input is checked: models the server builds from its own rows are not,
+        so that reading them stays cheap and a legacy row cannot turn a list into a 500. A reader that
+        scanned the raw bytes passes ``context=NUL_FREE`` to skip the walk.
+        """
+        if info.mode == "python" or (isinstance(info.context, dict) and info.context.get("nul_free")):
+            return self
+        for name, value in self.__dict__.items():
+            if _has_nul(value):
+                raise ValueError(f"{name}: NUL characters (\\u0000) are not allowed")
+        return self
 
 
 class Owned(Model):
@@ -88,6 +143,7 @@ class CertResponse(Model):
     certificate: str
     ca: str
     subject: str
+    serial: str | None = None
 
 
 class Version(Model):
@@ -110,12 +166,14 @@ class UserIn(Model):
     password: Annotated[str, Field(min_length=8, max_length=1024)]
     email: Annotated[str, Field(max_length=254)] = ""
     rights: UserRights = UserRights.STANDARD_USER
-    usergroup: str | None = None  # uid or label
+    usergroup: Annotated[str, Field(max_length=MAX_NAME)] | None = None  # uid or label
     cert_subject: Annotated[str, Field(max_length=1024)] | None = None
 
 
 class UserPatch(Model):
     password: Annotated[str, Field(min_length=8, max_length=1024)] | None = None
+    # required to change one's own password: a stolen token alone cannot take the account over
+    current_password: Annotated[str, Field(min_length=1, max_length=1024)] | None = None
     email: Annotated[str, Field(max_length=254)] | None = None
     rights: UserRights | None = None
     cert_subject: Annotated[str, Field(max_length=1024)] | None = None
@@ -127,6 +185,22 @@ class UserOut(Owned):
     rights: UserRights
     usergroup: str | None
     cert_subject: str | None
+
+
+class CertificateOut(Model):
+    """A client certificate the grid CA issued (the registry behind revocation)."""
+
+    serial: str
+    user: str
+    subject: str
+    issued: datetime
+    not_after: datetime
+    revoked: datetime | None
+    revoke_reason: str | None
+
+
+class CertificateRevoke(Model):
+    reason: Annotated[str, Field(max_length=512)] = ""
 
 
 class UserGroupIn(Model):
@@ -155,7 +229,7 @@ class AppIn(Model):
     binaries: list[Binary] = Field(default_factory=list, max_length=32)
     env: Uid | None = None
     wallclock: Annotated[int, Field(ge=1, le=365 * 86400)] | None = None
-    min_memory: Annotated[int, Field(ge=0)] = 0
+    min_memory: Bytes = 0
     access_rights: Mode | None = None
 
 
@@ -173,7 +247,7 @@ class DataIn(Model):
     type: Annotated[str, Field(max_length=32, pattern=r"^[A-Za-z0-9_]*$")] = "BINARY"
     os: OS = OS.ANY
     cpu: CPU = CPU.ANY
-    size: Annotated[int, Field(ge=0)] | None = None
+    size: Bytes | None = None
     sha256: Sha256 | None = None
     access_rights: Mode | None = None
 
@@ -209,7 +283,7 @@ class JobIn(Model):
     max_retries: Annotated[int, Field(ge=0, le=1000)] = 10
     listen_ports: list[Port] = Field(default_factory=list, max_length=16)
     forward_addresses: list[ForwardAddress] = Field(default_factory=list, max_length=16)
-    memory: Annotated[int, Field(ge=0)] | None = None  # bytes; default: the app's min_memory
+    memory: Bytes | None = None  # default: the app's min_memory
     access_rights: Mode | None = None
 
 
@@ -277,8 +351,8 @@ class HostIn(Model):
     os: OS
     cpu: CPU
     cores: Annotated[int, Field(ge=1, le=4096)] = 1
-    memory: Annotated[int, Field(ge=0)] = 0
-    disk: Annotated[int, Field(ge=0)] = 0
+    memory: Bytes = 0
+    disk: Bytes = 0
     version: Annotated[str, Field(max_length=32)] = ""
     sandbox: Annotated[str, Field(max_length=64)] = ""
     project: Name | None = None  # usergroup label: run only that group's jobs
@@ -298,14 +372,26 @@ class HostOut(Owned):
     last_alive: datetime | None
     alive: bool
     running: int
+    credential: Literal["active", "revoked"] = "active"  # the host's own credential
+    credential_issued: datetime | None = None
+    revoked: datetime | None = None
+    revoke_reason: str | None = None
 
 
 class Enrolment(Model):
-    """The server's answer to an enrolment: the host record and the heartbeat timing it wants."""
+    """The server's answer to an enrolment: the host record, the heartbeat timing it wants and, for a new
+    host, its own credential (shown once; the worker keeps it and speaks with it from then on)."""
 
     host: HostOut
     alive_period: float
     alive_timeout: float
+    credential: str | None = None
+
+
+class HostRevoke(Model):
+    """Why a host's credential is revoked (shown on its record)."""
+
+    reason: Annotated[str, Field(max_length=512)] = ""
 
 
 class FileRef(Model):
@@ -331,12 +417,12 @@ class Assignment(Model):
 
 
 class JobUsage(Model):
-    job: str
-    cpu_seconds: float = 0.0
-    max_rss: int = 0
-    wall_seconds: float = 0.0
-    net_in: Annotated[int, Field(ge=0)] = 0  # bytes into the job through its tunnels so far
-    net_out: Annotated[int, Field(ge=0)] = 0  # bytes out of it so far
+    job: Uid
+    cpu_seconds: Seconds = 0.0
+    max_rss: Bytes = 0
+    wall_seconds: Seconds = 0.0
+    net_in: Bytes = 0  # bytes into the job through its tunnels so far
+    net_out: Bytes = 0  # bytes out of it so far
 
 
 class Heartbeat(Model):
@@ -353,7 +439,7 @@ class JobReport(Model):
 
     outcome: Literal["failed", "result_pending", "abort"]
     reason: Annotated[str, Field(max_length=1024)] = ""
-    return_code: int | None = None
+    return_code: ReturnCode | None = None
 
 
 class HoldIn(Model):

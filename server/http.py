@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TypeVar
 
 from aiohttp import web
@@ -13,7 +13,9 @@ from pydantic import BaseModel
 from pydantic import ValidationError as PydanticError
 
 from common.errors import BadRequest, NotFound, PayloadTooLarge, ValidationFailed, XWError
-from server.settings import DEFAULT_PAGE, MAX_PAGE
+from common.schemas import NUL_FREE
+from server.bodytimeout import read_all
+from server.query import PAGE, QueryParam, refuse_nul
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +39,7 @@ class RouteSpec:
     response: type[BaseModel] | None = None
     status: int = 200
     public: bool = False
-    query: dict[str, str] = field(default_factory=dict)
+    query: tuple[QueryParam, ...] = ()  # typed and bounded: the document shows the real constraints
     raw_body: str | None = None  # media type of a streamed request body
     raw_response: str | None = None  # media type of a streamed response
     also: tuple[int, ...] = ()  # other success statuses
@@ -60,7 +62,7 @@ class Routes:
         response: type[BaseModel] | None = None,
         status: int = 200,
         public: bool = False,
-        query: dict[str, str] | None = None,
+        query: Mapping[str, str] | Sequence[QueryParam] | None = None,
         raw_body: str | None = None,
         raw_response: str | None = None,
         also: tuple[int, ...] = (),
@@ -77,7 +79,7 @@ class Routes:
                     response,
                     status,
                     public,
-                    query or {},
+                    _query_specs(query, response),
                     raw_body,
                     raw_response,
                     also,
@@ -85,6 +87,7 @@ class Routes:
             )
             if public:
                 handler.xw_public = True  # type: ignore[attr-defined]
+            handler.xw_query = self.specs[-1].query  # type: ignore[attr-defined]
             return handler
 
         return deco
@@ -94,26 +97,56 @@ class Routes:
             app.router.add_route(spec.method, spec.path, spec.handler)
 
 
+def _query_specs(
+    query: Mapping[str, str] | Sequence[QueryParam] | None, response: type[BaseModel] | None
+) -> tuple[QueryParam, ...]:
+    """A route's query parameters: specs as given (a plain ``{name: description}`` means free text),
+    plus ``offset`` and ``limit`` on every list."""
+    if query is None:
+        specs: list[QueryParam] = []
+    elif isinstance(query, Mapping):
+        specs = [QueryParam(name, description=desc) for name, desc in query.items()]
+    else:
+        specs = list(query)
+    if response is not None and response.__name__.startswith("Page["):
+        specs += [p for p in PAGE if p.name not in {s.name for s in specs}]
+    return tuple(specs)
+
+
 def is_public(request: web.Request) -> bool:
     """Whether the matched route needs no credentials."""
     handler = request.match_info.route.handler
     return bool(getattr(handler, "xw_public", False))
 
 
+def check_query(request: web.Request) -> None:
+    """Validate every declared query parameter of the matched route (422 naming the first wrong one).
+
+    Handlers parse their parameters with the same specs; checking here as well bounds the ones a handler
+    still reads by hand, so the document's constraints hold for every route.
+    """
+    refuse_nul(request)
+    if request.query:
+        for spec in getattr(request.match_info.route.handler, "xw_query", ()):
+            spec.check(request)
+
+
 async def read_body(request: web.Request, model: type[M], max_bytes: int) -> M:
     """Parse and validate a JSON body; malformed JSON is 400, invalid fields 422 naming them."""
     if request.content_length is not None and request.content_length > max_bytes:
         raise PayloadTooLarge(f"JSON body over {max_bytes} bytes")
-    raw = await request.read()  # all of it (content.read(n) stops at a chunk); 413 past client_max_size
+    raw = await read_all(request)  # all of it; 413 past client_max_size; 408 if it stalls
     if len(raw) > max_bytes:
         raise PayloadTooLarge(f"JSON body over {max_bytes} bytes")
     try:
-        doc = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"malformed JSON body: {exc}") from None
-    try:
-        return model.model_validate(doc)
+        # pydantic's own parser (jiter): faster than json.loads + model_validate, UTF-8 only, refuses
+        # lone surrogates and nesting past 200 levels (json.loads recursed until RecursionError: a 500).
+        # Without a \u0000 escape in the bytes no string can hold a NUL: skip the models' walk for one.
+        return model.model_validate_json(raw, context=None if b"\\u0000" in raw else NUL_FREE)
     except PydanticError as exc:
+        malformed = [e for e in exc.errors() if e["type"] == "json_invalid"]
+        if malformed:
+            raise BadRequest(f"malformed JSON body: {_msg(malformed[0]['msg'])}") from None
         raise ValidationFailed(_describe(exc), errors=_errors(exc)) from None
 
 
@@ -141,25 +174,23 @@ def reply(model: BaseModel, status: int = 200) -> web.Response:
 
 
 def page_params(request: web.Request) -> tuple[int, int]:
-    """``offset`` and ``limit`` from the query string, validated."""
-    try:
-        offset = int(request.query.get("offset", "0"))
-        limit = int(request.query.get("limit", str(DEFAULT_PAGE)))
-    except ValueError:
-        raise ValidationFailed("offset and limit must be integers") from None
-    if offset < 0 or not 1 <= limit <= MAX_PAGE:
-        raise ValidationFailed(f"offset must be >= 0 and limit within 1..{MAX_PAGE}")
-    return offset, limit
+    """``offset`` and ``limit`` from the query string, validated (422 naming the parameter)."""
+    offset, limit = PAGE
+    return offset.integer(request), limit.integer(request)
 
 
 def problem_response(err: XWError) -> web.Response:
-    return web.Response(text=json.dumps(err.problem()), status=err.status, content_type=PROBLEM_TYPE)
+    headers = {"Retry-After": str(err.extra["retry_after"])} if "retry_after" in err.extra else None
+    return web.Response(
+        text=json.dumps(err.problem()), status=err.status, content_type=PROBLEM_TYPE, headers=headers
+    )
 
 
 @web.middleware
 async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Turn every error into problem+json: ours by code, aiohttp's by status, the rest as 500."""
     try:
+        check_query(request)  # once for every parameter and read header, before any reaches SQL
         return await handler(request)
     except XWError as err:
         if err.status >= 500:

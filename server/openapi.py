@@ -10,6 +10,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from common import __version__
+from common.schemas import UID_PATTERN
 from server.http import API_PREFIX, PROBLEM_TYPE, Routes, RouteSpec
 
 PROBLEM_SCHEMA = {
@@ -66,18 +67,10 @@ def _operation(spec: RouteSpec, refs: Refs) -> dict[str, Any]:
         "operationId": f"{spec.handler.__name__}",
     }
     params = [
-        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        {"name": name, "in": "path", "required": True, "schema": _path_schema(name)}
         for name in _path_params(spec.path)
     ]
-    params += [
-        {"name": name, "in": "query", "required": False, "description": desc, "schema": {"type": "string"}}
-        for name, desc in spec.query.items()
-    ]
-    if spec.response is not None and spec.response.__name__.startswith("Page"):
-        params += [
-            {"name": n, "in": "query", "required": False, "schema": {"type": "integer"}}
-            for n in ("offset", "limit")
-        ]
+    params += [q.openapi() for q in spec.query]
     if params:
         op["parameters"] = params
     if spec.body is not None:
@@ -98,10 +91,23 @@ def _operation(spec: RouteSpec, refs: Refs) -> dict[str, Any]:
     }
     op["responses"] = {str(spec.status): ok, "4XX": problem, "5XX": problem}
     for extra in spec.also:
-        op["responses"][str(extra)] = ok
+        op["responses"][str(extra)] = {"description": "no content"} if extra == 204 else ok
     if spec.public:
         op["security"] = []
     return op
+
+
+# Path parameters read with routes/base.py's path_uid, which answers 404 to anything but a uid.
+UID_PATH_PARAMS = frozenset({"uid", "job", "data"})
+SERIAL_PATTERN = "^[0-9a-fA-F:]{1,59}$"
+
+
+def _path_schema(name: str) -> dict[str, Any]:
+    if name in UID_PATH_PARAMS:
+        return {"type": "string", "pattern": UID_PATTERN}
+    if name == "serial":  # server/certificates.normalise_serial: hex, colons allowed
+        return {"type": "string", "pattern": SERIAL_PATTERN}
+    return {"type": "string", "minLength": 1, "maxLength": 256}
 
 
 def _path_params(path: str) -> list[str]:

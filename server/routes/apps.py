@@ -17,10 +17,12 @@ from server.db.models import App, Data, Job
 from server.events import record
 from server.http import Routes, read_body, reply
 from server.matching import platforms_of
+from server.query import OWNER, name_filter
 from server.routes.base import load, owned, paged, path_uid, rights_for
 from server.state import actor_of, services
 
 routes = Routes("apps")
+NAME = name_filter("name", "exact name")
 
 
 def app_out(a: App) -> AppOut:
@@ -40,13 +42,14 @@ async def _check_refs(session: AsyncSession, actor: Actor, uids: list[str]) -> N
         await load(session, Data, uid, actor, Perm.READ, "data")
 
 
-@routes.add("GET", "/apps", summary="List applications", response=Page[AppOut], query={"name": "exact name"})
+@routes.add("GET", "/apps", summary="List applications", response=Page[AppOut], query=(NAME, OWNER))
 async def list_apps(request: web.Request) -> web.Response:
     actor = actor_of(request)
     require_may_list(actor, "applications")
     stmt = select(App)
-    if "name" in request.query:
-        stmt = stmt.where(App.name == request.query["name"])
+    name = NAME.text(request)
+    if name is not None:
+        stmt = stmt.where(App.name == name)
     async with services(request).sessions() as session:
         rows, total, offset, limit = await paged(session, request, actor, App, stmt, App.name)
     return reply(Page[AppOut](items=[app_out(a) for a in rows], total=total, offset=offset, limit=limit))

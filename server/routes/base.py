@@ -14,6 +14,7 @@ from common.uri import is_uid
 from server.authz import Actor, require, visible
 from server.db.models import OwnedMixin, User
 from server.http import page_params
+from server.query import OWNER
 
 T = TypeVar("T", bound=OwnedMixin)
 
@@ -54,7 +55,7 @@ def rights_for(requested: str | None, default: int) -> int:
 async def owner_filter(session: AsyncSession, text: str) -> str:
     """Resolve an ``owner`` filter given as uid or login."""
     if is_uid(text):
-        return text
+        return text.lower()
     uid = (await session.execute(select(User.uid).where(User.login == text))).scalar_one_or_none()
     if uid is None:
         raise ValidationFailed(f"no user {text!r} (owner filter)")
@@ -67,8 +68,9 @@ async def paged(
     """Apply rights, the common ``owner`` filter and pagination; return (rows, total, offset, limit)."""
     offset, limit = page_params(request)
     stmt = stmt.where(visible(actor, model))
-    if "owner" in request.query:
-        stmt = stmt.where(model.owner_uid == await owner_filter(session, request.query["owner"]))
+    owner = OWNER.text(request)
+    if owner is not None:
+        stmt = stmt.where(model.owner_uid == await owner_filter(session, owner))
     total = (await session.execute(select(func.count()).select_from(stmt.subquery()))).scalar_one()
     rows = (await session.execute(stmt.order_by(order).offset(offset).limit(limit))).scalars().all()
     return list(rows), int(total), offset, limit

@@ -16,11 +16,13 @@ from server.authz import Actor, default_rights, require, require_may_insert, req
 from server.db.models import Blob, Data, Job, JobRef
 from server.events import record
 from server.http import Routes, read_body, reply
+from server.query import OWNER, name_filter
 from server.routes.base import load, owned, paged, path_uid, rights_for
 from server.state import actor_of, services
 from server.store import DataStore, Ingested
 
 routes = Routes("data")
+NAME = name_filter("name", "exact name")
 
 MAX_DATA_BYTES = 1 << 40
 OCTET = "application/octet-stream"
@@ -39,13 +41,14 @@ def data_out(d: Data) -> DataOut:
     )
 
 
-@routes.add("GET", "/data", summary="List data", response=Page[DataOut], query={"name": "exact name"})
+@routes.add("GET", "/data", summary="List data", response=Page[DataOut], query=(NAME, OWNER))
 async def list_data(request: web.Request) -> web.Response:
     actor = actor_of(request)
     require_may_list(actor, "data")
     stmt = select(Data)
-    if "name" in request.query:
-        stmt = stmt.where(Data.name == request.query["name"])
+    name = NAME.text(request)
+    if name is not None:
+        stmt = stmt.where(Data.name == name)
     async with services(request).sessions() as session:
         rows, total, offset, limit = await paged(session, request, actor, Data, stmt, Data.created)
     return reply(Page[DataOut](items=[data_out(d) for d in rows], total=total, offset=offset, limit=limit))

@@ -18,10 +18,16 @@ from server.events import record
 from server.http import Routes, read_body, reply
 from server.jobflow import move
 from server.matching import platforms_of
+from server.query import OWNER, QueryParam, name_filter, uid_filter
 from server.routes.base import load, owned, paged, path_uid, rights_for
 from server.state import actor_of, services
 
 routes = Routes("jobs")
+# status is matched in any case (xwworks --status pending), the document lists the canonical spelling
+STATUS = QueryParam("status", description="job status", max_length=16, enum=tuple(s.value for s in JobStatus))
+LABEL = name_filter("label", "exact label")
+GROUP = name_filter("group", "job group")
+APP = uid_filter("app", "application uid")
 
 
 def job_out(j: Job) -> JobOut:
@@ -68,30 +74,25 @@ def proxy_addresses(j: Job) -> list[str]:
     "/jobs",
     summary="List jobs",
     response=Page[JobOut],
-    query={
-        "status": "job status",
-        "label": "exact label",
-        "group": "job group",
-        "owner": "login or uid",
-        "app": "application uid",
-    },
+    query=(STATUS, LABEL, GROUP, OWNER, APP),
 )
 async def list_jobs(request: web.Request) -> web.Response:
     actor = actor_of(request)
     require_may_list(actor, "jobs")
     stmt = select(Job)
-    q = request.query
-    if "status" in q:
+    status = STATUS.raw(request)
+    if status is not None:
         try:
-            stmt = stmt.where(Job.status == JobStatus(q["status"].upper()).value)
+            stmt = stmt.where(Job.status == JobStatus(status.upper()).value)
         except ValueError:
-            raise ValidationFailed(f"unknown status {q['status']!r}") from None
-    if "label" in q:
-        stmt = stmt.where(Job.label == q["label"])
-    if "group" in q:
-        stmt = stmt.where(Job.job_group == q["group"])
-    if "app" in q:
-        stmt = stmt.where(Job.app_uid == q["app"])
+            raise STATUS.bad("unknown status", status) from None
+    label, group, app = LABEL.text(request), GROUP.text(request), APP.text(request)
+    if label is not None:
+        stmt = stmt.where(Job.label == label)
+    if group is not None:
+        stmt = stmt.where(Job.job_group == group)
+    if app is not None:
+        stmt = stmt.where(Job.app_uid == app)
     async with services(request).sessions() as session:
         rows, total, offset, limit = await paged(session, request, actor, Job, stmt, Job.created)
     return reply(Page[JobOut](items=[job_out(j) for j in rows], total=total, offset=offset, limit=limit))
