@@ -18,6 +18,7 @@ from common.schemas import (
     AppIn,
     AppOut,
     Assignment,
+    CertificateOut,
     CertResponse,
     DataIn,
     DataOut,
@@ -57,6 +58,7 @@ class Transport(Protocol):
     async def aclose(self) -> None: ...
 
 
+HOST_PROTOCOL = frozenset({"work", "alive", "jobs"})  # /hosts/<uid>/<these>...: spoken as the host
 KIND_PATHS = {"app": "/apps", "data": "/data", "work": "/jobs", "user": "/users", "usergroup": "/usergroups"}
 
 
@@ -68,6 +70,7 @@ class XWClient:
         self.transport: Transport = transport or HttpTransport(cfg)
         self._token: str | None = None
         self._login_lock = asyncio.Lock()
+        self._host_credentials: dict[str, str] = {}  # host uid -> that host's own credential
 
     async def __aenter__(self) -> XWClient:
         return self
@@ -97,8 +100,26 @@ class XWClient:
             "POST", "/auth/token", TokenResponse, json={"login": login, "password": password}, auth=False
         )
 
+    def use_host(self, host_uid: str, credential: str) -> None:
+        """Speak as host ``host_uid`` on its routes (``/hosts/<uid>/...``) from now on."""
+        self._host_credentials[host_uid] = credential
+
+    def host_credential(self, host_uid: str) -> str | None:
+        return self._host_credentials.get(host_uid)
+
+    def _host_of(self, path: str) -> str | None:
+        """The host whose own credential a worker-protocol path needs, if we hold it."""
+        parts = path.split("/")
+        if len(parts) >= 4 and parts[1] == "hosts" and parts[3] in HOST_PROTOCOL:
+            return parts[2] if parts[2] in self._host_credentials else None
+        return None
+
     async def open(self, req: ApiRequest, *, auth: bool = True) -> ApiResponse:
         """Send a request and return the open response, raising the server's problem as an XWError."""
+        host = self._host_of(req.path) if auth else None
+        if host is not None:
+            auth = False  # a host speaks with its own credential, never with its account's
+            req.headers["Authorization"] = f"Bearer {self._host_credentials[host]}"
         for attempt in (1, 2):
             if auth:
                 req.headers.update(await self._auth_headers())
@@ -106,7 +127,8 @@ class XWClient:
             try:
                 await resp.raise_for_problem()
             except Unauthorized as err:
-                expired = "expired" in err.reason and self._token is not None
+                # expired, or ended by a password/rights change: a configured password may still be good
+                expired = "log in again" in err.reason and self._token is not None
                 if attempt == 1 and expired and not isinstance(req.content, AsyncIterator):
                     self._token = None  # a long session outlived its token: log in once more
                     continue
@@ -213,6 +235,15 @@ class XWClient:
     async def patch_user(self, uid: str, patch: UserPatch) -> UserOut:
         return await self._call(
             "PATCH", f"/users/{uid}", UserOut, json=patch.model_dump(mode="json", exclude_none=True)
+        )
+
+    async def certificates(self, **filters: str) -> list[CertificateOut]:
+        """Client certificates the grid CA issued: ours (everyone's for administrators, or ``user=``)."""
+        return await self.all("/certificates", CertificateOut, filters)
+
+    async def revoke_certificate(self, serial: str, reason: str = "") -> CertificateOut:
+        return await self._call(
+            "POST", f"/certificates/{serial}/revoke", CertificateOut, json={"reason": reason}
         )
 
     async def usergroups(self) -> list[UserGroupOut]:
@@ -339,10 +370,29 @@ class XWClient:
     async def hosts(self, **filters: str) -> list[HostOut]:
         return await self.all("/hosts", HostOut, filters)
 
-    async def enrol(self, host: HostIn) -> Enrolment:
-        return await self._call(
-            "POST", "/hosts", Enrolment, json=host.model_dump(mode="json", exclude_none=True)
-        )
+    async def enrol(self, host: HostIn, credential: str | None = None) -> Enrolment:
+        """Enrol a new host with our account, or (with its ``credential``) the same host once more.
+
+        Either way this client speaks as that host on its routes afterwards.
+        """
+        body = host.model_dump(mode="json", exclude_none=True)
+        if credential is None:
+            enrolment = await self._call("POST", "/hosts", Enrolment, json=body)
+        else:
+            req = ApiRequest("POST", "/hosts", json=body, headers={"Authorization": f"Bearer {credential}"})
+            resp = await self.open(req, auth=False)
+            try:
+                enrolment = Enrolment.model_validate(await resp.json())
+            finally:
+                await resp.aclose()
+        secret = enrolment.credential or credential
+        if secret:
+            self.use_host(enrolment.host.uid, secret)
+        return enrolment
+
+    async def revoke_host(self, host_uid: str, reason: str = "") -> HostOut:
+        """Revoke a host's credential (its owner or an administrator)."""
+        return await self._call("POST", f"/hosts/{host_uid}/revoke", HostOut, json={"reason": reason})
 
     async def request_work(self, host_uid: str, wait: float) -> Assignment | None:
         """Long-poll for a job; None when the server had none within ``wait`` seconds."""

@@ -27,18 +27,20 @@ from client.cli import (
     parse_platform,
     parse_user_rights,
     run,
+    safe_name,
     stage,
     submit_all,
     transfer,
     upload,
     xw_options,
 )
+from client.output import CERTIFICATE
 from common import __version__
 from common.config import dump_flat_toml, write_private
 from common.enums import CPU, OS, AppType, ObjectKind, UserRights
 from common.errors import XWError
 from common.rights import parse_mode
-from common.schemas import AppIn, Binary, JobIn, JobOut, UserGroupIn, UserIn
+from common.schemas import AppIn, Binary, JobIn, JobOut, UserGroupIn, UserIn, UserPatch
 from common.uri import is_uid, parse_uri
 
 APP, DATA, WORK = ObjectKind.APP.value, ObjectKind.DATA.value, ObjectKind.JOB.value
@@ -102,11 +104,28 @@ def xwping(config: Path | None, fmt: str) -> None:
 @click.option(
     "--xwout", "prefix", default=DEFAULT_CERT_PREFIX, show_default=True, help="Write PREFIX.crt/.key."
 )
+@click.option("--xwlist", "list_them", is_flag=True, help="List your certificates (everyone's for admins).")
+@click.option(
+    "--xwrevoke", "revoke", metavar="SERIAL", multiple=True, help="Revoke a certificate by serial (hex)."
+)
+@click.option("--reason", "--xwreason", "why", default="", help="Why it is revoked (recorded with it).")
 @xw_options
-def xwcert(prefix: str, config: Path | None, fmt: str) -> None:
-    """Make a key here, have the server certify it for us, and write PREFIX.crt and PREFIX.key (0600)."""
+def xwcert(
+    prefix: str, list_them: bool, revoke: tuple[str, ...], why: str, config: Path | None, fmt: str
+) -> None:
+    """Make a key here, have the server certify it for us, and write PREFIX.crt and PREFIX.key (0600);
+    or list (--xwlist) or revoke (--xwrevoke SERIAL) the certificates the grid CA issued."""
+
+    async def manage(xw: XWClient) -> None:
+        if revoke:
+            echo_objects(CERTIFICATE, [await xw.revoke_certificate(s, why) for s in revoke], fmt)
+        else:
+            echo_objects(CERTIFICATE, await xw.certificates(), fmt)
 
     async def body(xw: XWClient) -> None:
+        if list_them or revoke:
+            await manage(xw)
+            return
         base = Path(prefix).expanduser().absolute()
         crt, key = base.with_name(base.name + ".crt"), base.with_name(base.name + ".key")
         for path in (crt, key):
@@ -119,10 +138,11 @@ def xwcert(prefix: str, config: Path | None, fmt: str) -> None:
         crt.write_text(signed.certificate)
         lines = dump_flat_toml({"cert": str(crt), "key": str(key)}).rstrip("\n")
         text = (
-            f"certificate for {signed.subject} written to {crt} (key {key}, mode 0600)\n"
+            f"certificate {signed.serial} for {signed.subject} written to {crt} (key {key}, mode 0600)\n"
             f"to log in with it, add to your client config (no login or password needed):\n{lines}"
         )
-        echo_record(fmt, text, {"subject": signed.subject, "cert": str(crt), "key": str(key)})
+        record = {"subject": signed.subject, "serial": signed.serial, "cert": str(crt), "key": str(key)}
+        echo_record(fmt, text, record)
 
     run(config, body)
 
@@ -218,9 +238,11 @@ def xwdownload(refs: tuple[str, ...], out: Path | None, config: Path | None, fmt
         done = []
         for ref in refs:
             meta = await xw.get_data(await xw.resolve(DATA, ref))
-            dest = Path.cwd() / meta.name if target is None else target
+            # the name comes from the server: never let it pick a path ('../x', '/etc/x') on this machine
+            local = safe_name(meta.name)
+            dest = Path.cwd() / local if target is None else target
             if target is not None and (many or target.is_dir()):
-                dest = target / meta.name
+                dest = target / local
             with transfer(meta.name, meta.size) as progress:
                 done.append(await xw.download(meta.uid, dest, progress))
             if fmt == "short":
@@ -424,6 +446,32 @@ def xwsenduser(
             conf = {"server": xw.cfg.server, "ca": ca, "login": login, "password": password}
             click.echo(f"# client config for {login} (copy the CA file too; use with --xwconfig FILE)")
             click.echo(dump_flat_toml(conf), nl=False)
+
+    run(config, body)
+
+
+@click.command("xwpasswd")
+@click.argument("login", required=False)
+@click.option(
+    "--current", "current", envvar="XW_CURRENT_PASSWORD", default=None, help="Current password (prompted)."
+)
+@click.option("--new", "new", envvar="XW_NEW_PASSWORD", default=None, help="New password (prompted).")
+@xw_options
+def xwpasswd(login: str | None, current: str | None, new: str | None, config: Path | None, fmt: str) -> None:
+    """Change your password (asks for the current one), or, as an administrator over LOGIN, reset theirs.
+    Every token issued before the change stops working."""
+
+    async def body(xw: XWClient) -> None:
+        me = await xw.ping()
+        target = login or me.login
+        own = target == me.login
+        uid = await xw.resolve(USER, target)
+        old = (current or click.prompt("current password", hide_input=True)) if own else None
+        fresh = new or click.prompt("new password", hide_input=True, confirmation_prompt=True)
+        user = await xw.patch_user(uid, UserPatch(password=fresh, current_password=old))
+        echo_record(
+            fmt, f"password of {user.login} changed: older tokens no longer work", {"login": user.login}
+        )
 
     run(config, body)
 

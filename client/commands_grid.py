@@ -13,7 +13,8 @@ from client.cli import USER_ERRORS, complain, echo_objects, reason, run, transfe
 from client.output import status_lines
 from client.results import MAX_RESULT_BYTES, MAX_RESULT_MEMBERS, unpack_into, unpack_target, zip_name
 from common.enums import JobStatus, ObjectKind
-from common.schemas import JobOut
+from common.schemas import HostOut, JobOut
+from common.uri import is_uid
 
 WORK, HOST = ObjectKind.JOB.value, ObjectKind.HOST.value
 FINISHED = (JobStatus.COMPLETED, JobStatus.ERROR)  # what xwresults fetches and, by default, erases
@@ -106,14 +107,38 @@ def xwresults(
 
 @click.command("xwworkers")
 @click.option("--xwalive", "alive", is_flag=True, help="Only the hosts heard from recently (alive).")
+@click.option(
+    "--xwrevoke",
+    "revoke",
+    metavar="HOST",
+    multiple=True,
+    help="Revoke a host's credential (uid, or a name only one host has); its jobs are rescheduled.",
+)
+@click.option("--reason", "--xwreason", "why", default="", help="Why the host is revoked (shown with it).")
 @xw_options
-def xwworkers(alive: bool, config: Path | None, fmt: str) -> None:
-    """List the worker hosts you can see."""
+def xwworkers(alive: bool, revoke: tuple[str, ...], why: str, config: Path | None, fmt: str) -> None:
+    """List the worker hosts you can see, or revoke hosts' credentials (their owner or an administrator)."""
 
     async def body(xw: XWClient) -> None:
-        echo_objects(HOST, await xw.hosts(**({"alive": "true"} if alive else {})), fmt)
+        if not revoke:
+            echo_objects(HOST, await xw.hosts(**({"alive": "true"} if alive else {})), fmt)
+            return
+        hosts = await xw.hosts()
+        done = [await xw.revoke_host(_host_uid(hosts, ref), why) for ref in revoke]
+        echo_objects(HOST, done, fmt)
 
     run(config, body)
+
+
+def _host_uid(hosts: list[HostOut], ref: str) -> str:
+    """A host by uid, or by a name exactly one visible host has (names are the volunteers' choice)."""
+    if is_uid(ref):
+        return ref.lower()
+    named = [h.uid for h in hosts if h.name == ref]
+    if len(named) != 1:
+        found = "no host" if not named else f"{len(named)} hosts"
+        raise ValueError(f"{found} named {ref!r}: give the host's uid (xwworkers lists them)")
+    return named[0]
 
 
 # --- holding jobs ---------------------------------------------------------------------------------

@@ -24,11 +24,21 @@ from rich.console import Console
 from rich.table import Table
 
 from common.enums import ObjectKind
-from common.schemas import AppOut, DataOut, EventOut, HostOut, JobOut, UserGroupOut, UserOut
+from common.schemas import (
+    AppOut,
+    CertificateOut,
+    DataOut,
+    EventOut,
+    HostOut,
+    JobOut,
+    UserGroupOut,
+    UserOut,
+)
 
 FORMATS = ("short", "csv", "xml", "json", "table")
 XML_HEADER = "<?xml version='1.0' encoding='UTF-8'?>"
 EVENT = "event"  # not a stored object kind, but listed by xwevents
+CERTIFICATE = "certificate"  # listed by xwcert --xwlist
 
 
 @dataclass(frozen=True)
@@ -55,7 +65,12 @@ KINDS: dict[str, Kind] = {
     ObjectKind.HOST.value: Kind(
         HostOut,
         ("uid", "name", "alive", "running"),
-        ("name", "os", "cpu", "cores", "sandbox", "alive", "last_alive", "running"),
+        ("name", "os", "cpu", "cores", "sandbox", "alive", "last_alive", "running", "credential"),
+    ),
+    CERTIFICATE: Kind(
+        CertificateOut,
+        ("serial", "subject", "revoked"),
+        ("serial", "subject", "issued", "not_after", "revoked", "revoke_reason"),
     ),
     EVENT: Kind(
         EventOut,

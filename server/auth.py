@@ -1,27 +1,35 @@
-"""Authentication: mTLS client certificates and bearer tokens, resolved to an Actor per request.
+"""Authentication: bearer tokens, host credentials and mTLS client certificates, resolved to an Actor.
 
-A client certificate must chain to the grid CA or to a CA in the extra trusted directory; the TLS layer
-refuses any other at the handshake (expired, unknown CA), before HTTP. A verified certificate maps to the
-user whose ``cert_subject`` equals its subject. Tokens come from POST /api/v1/auth/token (login+password).
-OpenID Connect will add a third path here: an ``authenticate`` step that turns an ID token into an Actor.
+* User tokens (JWT) come from POST /api/v1/auth/token; each carries the user's token version, so a
+  password, rights or certificate change ends every older token on its next use.
+* Host credentials (server/hostcreds.py) come from enrolment; the actor is the host's owner *acting as
+  that host* (``Actor.host_uid``), and only host routes accept it.
+* A client certificate must chain to the grid CA or to a CA in the extra trusted directory (the TLS layer
+  refuses any other at the handshake). Ours are checked against the certificate registry by serial
+  (server/certificates.py: revocation), extra CAs' map to users by subject.
+
+OpenID Connect will add a path here: an ``authenticate`` step that turns an ID token into an Actor.
 """
 
 from __future__ import annotations
 
 import ssl
 from pathlib import Path
+from typing import TypeVar
 
 from aiohttp import web
 from cryptography import x509
 from sqlalchemy import select
 
 from common.enums import UserRights
-from common.errors import Unauthorized
+from common.errors import Forbidden, Unauthorized
+from server import hostcreds
 from server.authz import Actor
-from server.db.models import User
+from server.certificates import user_for_certificate
+from server.db.models import Host, User
 from server.http import Handler, is_public
 from server.settings import ServerSettings
-from server.state import ACTOR_KEY, services
+from server.state import ACTOR_KEY, Services, services
 
 
 def server_ssl_context(settings: ServerSettings) -> ssl.SSLContext:
@@ -39,8 +47,8 @@ def server_ssl_context(settings: ServerSettings) -> ssl.SSLContext:
     return ctx
 
 
-def peer_subject(request: web.Request) -> str | None:
-    """The verified client certificate's subject, if the client presented one."""
+def peer_certificate(request: web.Request) -> x509.Certificate | None:
+    """The client certificate the TLS layer verified, if the client presented one."""
     transport = request.transport
     ssl_obj = transport.get_extra_info("ssl_object") if transport is not None else None
     if ssl_obj is None:
@@ -48,46 +56,93 @@ def peer_subject(request: web.Request) -> str | None:
     der = ssl_obj.getpeercert(binary_form=True)
     if not der:
         return None
-    return x509.load_der_x509_certificate(der).subject.rfc4514_string()
+    return x509.load_der_x509_certificate(der)
 
 
-def actor_from_user(user: User, how: str) -> Actor:
+def actor_from_user(user: User, how: str, host_uid: str | None = None) -> Actor:
     return Actor(
-        uid=user.uid, login=user.login, rights=UserRights(user.rights), group_uid=user.usergroup_uid, auth=how
+        uid=user.uid,
+        login=user.login,
+        rights=UserRights(user.rights),
+        group_uid=user.usergroup_uid,
+        auth=how,
+        host_uid=host_uid,
     )
 
 
 async def authenticate(request: web.Request) -> Actor:
-    """Resolve the requester from a bearer token, else from the client certificate."""
+    """Resolve the requester: a host credential or a user token (bearer), else the client certificate."""
     svc = services(request)
     header = request.headers.get("Authorization", "")
     if header:
         scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
             raise Unauthorized("unsupported Authorization header (expected 'Bearer <token>')")
-        claims = svc.signer.verify(token.strip())
+        if hostcreds.is_host_credential(token):
+            return await _host_actor(svc, token)
+        return await _token_actor(svc, token)
+    cert = peer_certificate(request)
+    if cert is not None:
         async with svc.sessions() as session:
-            user = await session.get(User, str(claims["sub"]))
-        if user is None:
-            raise Unauthorized("token's user no longer exists")
-        return actor_from_user(user, "token")
-    subject = peer_subject(request)
-    if subject is not None:
-        async with svc.sessions() as session:
-            user = (
-                await session.execute(select(User).where(User.cert_subject == subject))
-            ).scalar_one_or_none()
-        if user is None:
-            raise Unauthorized(f"certificate subject {subject!r} is not mapped to any user")
-        return actor_from_user(user, "certificate")
+            found = await user_for_certificate(session, svc.ca, cert)
+        if isinstance(found, str):
+            raise Unauthorized(found)
+        return actor_from_user(found.user, "certificate")
     raise Unauthorized(
         "no credentials: present a client certificate or a bearer token from POST /api/v1/auth/token"
     )
 
 
+async def _token_actor(svc: Services, token: str) -> Actor:
+    claims = svc.signer.verify(token)
+    async with svc.sessions() as session:
+        user = await session.get(User, str(claims["sub"]))
+    if user is None:
+        raise Unauthorized("token's user no longer exists")
+    if claims.get("tv") != user.token_version:
+        raise Unauthorized("token revoked (password, rights or certificates changed): log in again")
+    return actor_from_user(user, "token")
+
+
+async def _host_actor(svc: Services, token: str) -> Actor:
+    parsed = hostcreds.parse(token)
+    if parsed is None:
+        raise Unauthorized("malformed host credential")
+    host_uid, secret = parsed
+    async with svc.sessions() as session:
+        row = (
+            await session.execute(
+                select(Host.credential_hash, Host.revoked, User)
+                .join(User, User.uid == Host.owner_uid)
+                .where(Host.uid == host_uid)
+            )
+        ).first()
+    if row is None:
+        raise Unauthorized(f"unknown host credential (no host {host_uid}): enrol again")
+    stored, revoked, owner = row
+    if revoked is not None:
+        raise Unauthorized(f"host {host_uid}'s credential was revoked: enrol as a new host")
+    if not hostcreds.matches(secret, stored):
+        raise Unauthorized(f"wrong credential for host {host_uid}")
+    return actor_from_user(owner, "host", host_uid=host_uid)
+
+
+H = TypeVar("H", bound=Handler)
+
+
+def host_allowed(handler: H) -> H:
+    """Mark a route a host credential may call (the worker protocol, and ping)."""
+    handler.xw_host = True  # type: ignore[attr-defined]
+    return handler
+
+
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Authenticate every non-public route before its handler runs."""
+    """Authenticate every non-public route; a host credential reaches only the host routes."""
     if not is_public(request):
-        request[ACTOR_KEY] = await authenticate(request)
+        actor = await authenticate(request)
+        if actor.host_uid is not None and not getattr(request.match_info.route.handler, "xw_host", False):
+            raise Forbidden("a host credential is only good for the worker protocol (/hosts/{host}/...)")
+        request[ACTOR_KEY] = actor
     return await handler(request)

@@ -35,7 +35,8 @@ class Actor:
     login: str
     rights: UserRights
     group_uid: str | None
-    auth: str = "token"  # "token" | "certificate"
+    auth: str = "token"  # "token" | "certificate" | "host"
+    host_uid: str | None = None  # set when the requester is a worker host speaking with its own credential
 
     @property
     def is_admin(self) -> bool:
@@ -147,6 +148,40 @@ def require_may_create_user(actor: Actor, rights: UserRights, group_uid: str | N
         raise Forbidden(f"a group administrator may not create a {rights.value}")
     if group_uid is None or group_uid != actor.group_uid:
         raise Forbidden("a group administrator creates users in its own group only")
+
+
+def level(rights: UserRights) -> int:
+    """The rank of a rights level (worker < standard < group administrator < super user)."""
+    return _LEVEL[rights]
+
+
+def may_manage_user(
+    actor: Actor, target_uid: str, target_rights: UserRights, target_group: str | None
+) -> bool:
+    """Whether ``actor`` may change or delete another user's account (password, email, level, certificates).
+
+    Super users manage everyone. A group administrator manages the users of its own group whose level is
+    below its own, judged on the target's current level: nobody manages a user of a higher level, and a
+    group administrator never manages a peer. Nobody manages itself through this rule.
+    """
+    if target_uid == actor.uid:
+        return False
+    if actor.rights is UserRights.SUPER_USER:
+        return True
+    return (
+        actor.rights is UserRights.ADVANCED_USER
+        and target_group is not None
+        and target_group == actor.group_uid
+        and _LEVEL[target_rights] < _LEVEL[UserRights.ADVANCED_USER]
+    )
+
+
+def require_may_manage_user(
+    actor: Actor, target_uid: str, target_login: str, target_rights: UserRights, target_group: str | None
+) -> None:
+    """Raise Forbidden unless :func:`may_manage_user`."""
+    if not may_manage_user(actor, target_uid, target_rights, target_group):
+        raise Forbidden(f"{actor.login} ({actor.rights.value}) may not manage {target_login}")
 
 
 def default_rights(actor: Actor) -> int:

@@ -13,6 +13,7 @@ from common.config import dump_flat_toml, read_toml, write_private
 from common.enums import UserRights
 from common.rights import PRIVATE
 from common.uri import new_uid
+from server.certificates import record_issued
 from server.db.engine import make_engine, make_sessionmaker, upgrade_sync
 from server.db.models import User
 from server.passwords import hash_password
@@ -134,7 +135,7 @@ async def add_user(db_url: str, login: str, password: str, rights: UserRights) -
 
 
 def issue_cert_files(settings: ServerSettings, login: str, prefix: Path) -> str:
-    """Issue a client certificate for ``login``, write PREFIX.crt/.key, map its subject to the user."""
+    """Issue a client certificate for ``login``, write PREFIX.crt/.key, record it in the registry."""
     ca = CA.load(settings.ca_cert, settings.ca_key)
     cert, key = issue_user_cert(ca, login)
     subject = subject_string(cert)
@@ -146,7 +147,15 @@ def issue_cert_files(settings: ServerSettings, login: str, prefix: Path) -> str:
                 user = (await session.execute(select(User).where(User.login == login))).scalar_one_or_none()
                 if user is None:
                     raise LookupError(f"no user {login!r}")
+                holder = (
+                    await session.execute(
+                        select(User.login).where(User.cert_subject == subject, User.uid != user.uid)
+                    )
+                ).scalar_one_or_none()
+                if holder is not None:
+                    raise LookupError(f"certificate subject {subject!r} is already mapped to {holder!r}")
                 user.cert_subject = subject
+                record_issued(session, user, cert)
         finally:
             await engine.dispose()
 

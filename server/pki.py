@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -183,3 +184,43 @@ def sign_csr(ca: CA, csr_pem: str, login: str, days: int = CERT_DAYS) -> x509.Ce
 def subject_string(cert: x509.Certificate) -> str:
     """The subject as an RFC 4514 string: the key that maps a certificate to a user."""
     return cert.subject.rfc4514_string()
+
+
+def serial_hex(cert: x509.Certificate) -> str:
+    """A certificate's serial as the lowercase hex string the server records it under."""
+    return format(cert.serial_number, "x")
+
+
+def issued_by(cert: x509.Certificate, ca: CA) -> bool:
+    """Whether ``ca`` signed ``cert`` (not merely a CA with the same name)."""
+    if cert.issuer != ca.cert.subject:
+        return False
+    try:
+        cert.verify_directly_issued_by(ca.cert)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+CRL_DAYS = 7
+
+
+def build_crl(
+    ca: CA, revoked: list[tuple[str, dt.datetime]], *, days: int = CRL_DAYS
+) -> x509.CertificateRevocationList:
+    """A CRL signed by ``ca`` listing ``(serial hex, revocation time)`` pairs."""
+    now = _now()
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca.cert.subject)
+        .last_update(now - dt.timedelta(minutes=5))
+        .next_update(now + dt.timedelta(days=days))
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), critical=False
+        )
+    )
+    for serial, when in revoked:
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(int(serial, 16)).revocation_date(when).build()
+        )
+    return builder.sign(ca.key, hashes.SHA256())

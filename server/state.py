@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from server.authz import Actor
+from server.certificates import CrlCache
 from server.dispatch import Dispatcher
+from server.longpoll import LongPollBudget
 from server.pki import CA
-from server.settings import ServerSettings
+from server.settings import DEFAULT_MAX_LONGPOLLS, ServerSettings
 from server.store import DataStore
+from server.throttle import LoginThrottle, PasswordGate
 from server.tokens import TokenSigner
 
 
@@ -26,6 +30,15 @@ class Services:
     ca: CA
     store: DataStore
     dispatcher: Dispatcher
+    throttle: LoginThrottle = field(default_factory=LoginThrottle)
+    passwords: PasswordGate = field(default_factory=lambda: PasswordGate(password_slots(), 64))
+    crl: CrlCache = field(default_factory=CrlCache)
+    longpolls: LongPollBudget = field(default_factory=lambda: LongPollBudget(DEFAULT_MAX_LONGPOLLS))
+
+
+def password_slots() -> int:
+    """Password hashes at once: leave a core to everything else."""
+    return max(1, (os.cpu_count() or 1) - 1)
 
 
 SERVICES = web.AppKey("services", Services)

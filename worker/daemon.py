@@ -25,8 +25,9 @@ import psutil
 from client.api import XWClient
 from common import __version__
 from common.enums import CPU, OS, AppType
-from common.errors import Conflict, NotFound, TransportError, XWError
-from common.schemas import Assignment, FileRef, Heartbeat, HostIn, JobReport, JobUsage
+from common.errors import Conflict, NotFound, TooManyRequests, TransportError, Unauthorized, XWError
+from common.schemas import Assignment, Enrolment, FileRef, Heartbeat, HostIn, JobReport, JobUsage
+from worker import identity
 from worker import state as st
 from worker.cache import FileCache
 from worker.execute import JobRun, JobSpec, Outcome
@@ -182,7 +183,7 @@ class Worker:
             sandbox=self.opt.sandbox.kind,
             project=self.opt.project,
         )
-        enrolment = await self.client.enrol(host)
+        enrolment = await self._enrol_as(host)
         self.host_uid = self.tunnels.host_uid = enrolment.host.uid
         self.alive_period = enrolment.alive_period
         self.log.info(
@@ -192,6 +193,37 @@ class Worker:
             self.opt.slots,
             self.alive_period,
         )
+
+    async def _enrol_as(self, host: HostIn) -> Enrolment:
+        """Enrol with the saved host credential if there is one, else as a new host with the account."""
+        saved = identity.load(self.opt.work_dir)
+        if saved is not None:
+            try:
+                return await self.client.enrol(host, credential=saved.credential)
+            except Unauthorized as err:
+                if "revoked" in err.reason:
+                    raise Unauthorized(
+                        f"{err.reason} (to enrol this machine as a new host, delete "
+                        f"{identity.path_in(self.opt.work_dir)})"
+                    ) from None
+                self.log.warning(
+                    "saved host credential not accepted (%s): enrolling as a new host", err.reason
+                )
+        enrolment = await self.client.enrol(host)
+        if enrolment.credential is None:
+            raise XWError("the server answered no host credential to a new enrolment")
+        identity.save(
+            self.opt.work_dir,
+            identity.SavedHost(enrolment.host.uid, enrolment.credential, self.client.cfg.server),
+        )
+        return enrolment
+
+    def _credential_refused(self, err: XWError) -> bool:
+        """A revoked or deleted host stops: it must not keep asking with a credential that is dead."""
+        if isinstance(err, Unauthorized):
+            self.stop(f"the server no longer accepts this host's credential: {err.reason}")
+            return True
+        return False
 
     # --- loops ------------------------------------------------------------------------------------
 
@@ -214,7 +246,14 @@ class Worker:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)
                 continue
+            except TooManyRequests as err:
+                # the server asks us to come back later (busy): do as told, quietly
+                self.log.info("work request deferred by the server: %s", err.reason)
+                await asyncio.sleep(err.retry_after)
+                continue
             except XWError as err:
+                if self._credential_refused(err):
+                    return
                 self.log.error("work request refused: %s", err.reason)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)
@@ -244,6 +283,8 @@ class Worker:
             try:
                 reply = await self.client.heartbeat(self.host_uid, Heartbeat(running=usage))
             except XWError as err:
+                if self._credential_refused(err):
+                    return
                 self.log.warning("heartbeat failed: %s", err.reason)
                 continue
             self.alive_period = reply.alive_period

@@ -79,6 +79,8 @@ class User(OwnedMixin, Base):
     rights: Mapped[str] = mapped_column(String(16))
     usergroup_uid: Mapped[str | None] = mapped_column(ForeignKey("usergroups.uid", ondelete="RESTRICT"))
     cert_subject: Mapped[str | None] = mapped_column(String(1024), unique=True)
+    # Bumped by a password, level or certificate change: tokens carry it and older ones stop working.
+    token_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class Blob(Base):
@@ -175,6 +177,29 @@ class Host(OwnedMixin, Base):
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     project_uid: Mapped[str | None] = mapped_column(UID)
     shared_apps: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # The host's own credential (server/hostcreds.py): only its SHA-256 is kept; None once revoked.
+    credential_hash: Mapped[str | None] = mapped_column(String(64))
+    credential_issued: Mapped[datetime | None] = mapped_column()
+    revoked: Mapped[datetime | None] = mapped_column()
+    revoke_reason: Mapped[str | None] = mapped_column(String(512))
+
+
+class Certificate(Base):
+    """A client certificate the grid CA issued: its serial binds it to one user, for life.
+
+    mTLS with a certificate of our CA is accepted only if its serial is here, not revoked, and its user
+    still exists; a re-created login has a new uid and never inherits an old certificate.
+    """
+
+    __tablename__ = "certificates"
+
+    serial: Mapped[str] = mapped_column(String(40), primary_key=True)  # lowercase hex
+    user_uid: Mapped[str] = mapped_column(UID, index=True)
+    subject: Mapped[str] = mapped_column(String(1024))
+    issued: Mapped[datetime] = mapped_column(default=utcnow)
+    not_after: Mapped[datetime] = mapped_column()
+    revoked: Mapped[datetime | None] = mapped_column(index=True)
+    revoke_reason: Mapped[str | None] = mapped_column(String(512))
 
 
 class Proxy(OwnedMixin, Base):

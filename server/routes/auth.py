@@ -6,10 +6,13 @@ import asyncio
 
 from aiohttp import web
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from common import __version__
-from common.errors import Unauthorized, ValidationFailed
+from common.errors import Conflict, Unauthorized, ValidationFailed
 from common.schemas import CertResponse, CsrRequest, Ping, TokenRequest, TokenResponse, Version
+from server.auth import host_allowed
+from server.certificates import record_issued
 from server.db.models import User
 from server.events import record
 from server.http import Routes, read_body, reply
@@ -39,18 +42,23 @@ async def version(request: web.Request) -> web.Response:
 async def token(request: web.Request) -> web.Response:
     svc = services(request)
     body = await read_body(request, TokenRequest, svc.settings.max_json_bytes)
+    address = request.remote or "?"
+    svc.throttle.check(body.login, address)  # before any hashing: a throttled guess costs us nothing
     async with svc.sessions() as session:
         user = (await session.execute(select(User).where(User.login == body.login))).scalar_one_or_none()
     stored = user.password_hash if user is not None else _DUMMY_HASH
-    ok = await asyncio.to_thread(verify_password, body.password, stored)
+    async with svc.passwords.slot():
+        ok = await asyncio.to_thread(verify_password, body.password, stored)
     if user is None or not ok:
+        svc.throttle.failed(body.login, address)
         raise Unauthorized("wrong login or password")
-    return reply(
-        TokenResponse(access_token=svc.signer.issue(user.uid, login=user.login), expires_in=svc.signer.ttl)
-    )
+    svc.throttle.succeeded(body.login, address)
+    access = svc.signer.issue(user.uid, login=user.login, tv=user.token_version)
+    return reply(TokenResponse(access_token=access, expires_in=svc.signer.ttl))
 
 
 @routes.add("GET", "/ping", summary="Check connectivity and credentials", response=Ping)
+@host_allowed
 async def ping(request: web.Request) -> web.Response:
     actor = actor_of(request)
     return reply(Ping(login=actor.login, rights=actor.rights, auth=actor.auth))
@@ -77,8 +85,29 @@ async def csr(request: web.Request) -> web.Response:
         user = await session.get(User, actor.uid)
         if user is None:
             raise Unauthorized("user no longer exists")
+        await _free_subject(session, user, subject)
         user.cert_subject = subject
-        record(session, actor, "user", user, "certificate", reason=f"certificate issued for {subject}")
+        issued = record_issued(session, user, cert)
+        record(
+            session,
+            actor,
+            "user",
+            user,
+            "certificate",
+            reason=f"certificate {issued.serial} issued for {subject}",
+        )
     return reply(
-        CertResponse(certificate=cert_pem(cert), ca=cert_pem(svc.ca.cert), subject=subject), status=201
+        CertResponse(
+            certificate=cert_pem(cert), ca=cert_pem(svc.ca.cert), subject=subject, serial=issued.serial
+        ),
+        status=201,
     )
+
+
+async def _free_subject(session: AsyncSession, user: User, subject: str) -> None:
+    """Refuse a subject another user's extra-CA mapping holds (it would otherwise be a 500)."""
+    holder = (
+        await session.execute(select(User.login).where(User.cert_subject == subject, User.uid != user.uid))
+    ).scalar_one_or_none()
+    if holder is not None:
+        raise Conflict(f"certificate subject {subject!r} is already mapped to user {holder!r}")

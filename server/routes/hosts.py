@@ -1,7 +1,9 @@
 """The worker protocol: enrol a host, long-poll for work, fetch a job's files, heartbeat, report, results.
 
-Every route here is scoped to one host that the caller owns, and the job routes to a job assigned to
-that host: a worker user can fetch, update and upload results only for the jobs it runs.
+An account (the shared worker login, or a volunteer's own) only enrols: enrolment creates a host and
+answers its own credential, once. Every other route here is scoped to one host and accepts only that
+host's credential, and the job routes to a job assigned to that host: a host can fetch, update and
+upload results only for the jobs it runs, whoever else shares its account.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from common.enums import CPU, OS, AppType, DataStatus, JobStatus, UserRights
 from common.errors import Conflict, Forbidden, IllegalTransition, NotFound, ValidationFailed
 from common.jobstates import ACTIVE, Trigger
-from common.rights import PRIVATE, PUBLIC
+from common.rights import PRIVATE, PUBLIC, Perm
 from common.schemas import (
     Assignment,
     Enrolment,
@@ -26,23 +28,38 @@ from common.schemas import (
     HeartbeatReply,
     HostIn,
     HostOut,
+    HostRevoke,
     JobOut,
     JobReport,
     Page,
 )
 from common.uri import new_uid
-from server.authz import Actor
+from server import hostcreds
+from server.auth import host_allowed
+from server.authz import Actor, can, can_administer
 from server.db.models import App, Data, Host, Job, JobRef, UserGroup, utcnow
 from server.events import record
 from server.http import Routes, read_body, reply
 from server.jobflow import move
 from server.matching import binary_for, claim
+from server.query import OWNER, QueryParam, header_sha256, integer_range
 from server.routes.base import owned, paged, path_uid
 from server.routes.data import attach
 from server.routes.jobs import job_out
 from server.state import Services, actor_of, services
 
 routes = Routes("workers")
+ALIVE = QueryParam("alive", "boolean", "true: alive hosts only", default=False)
+# Above the server's longpoll a wait is shortened to it (workers may be configured longer); the bound
+# here only refuses what cannot be a wait (negative, NaN, infinite: a request that never returns).
+WAIT = QueryParam(
+    "wait",
+    "number",
+    "seconds to wait for work (default and cap: the server's longpoll)",
+    minimum=0,
+    maximum=86400,
+)
+RETURN_CODE = integer_range("return_code", "the job's exit code", required=True)
 
 ACTIVE_VALUES = [s.value for s in ACTIVE]
 MAX_RESULT_BYTES = 1 << 36
@@ -65,16 +82,48 @@ def host_out(h: Host, svc: Services, running: int = 0, project: str | None = Non
         last_alive=h.last_alive,
         alive=alive,
         running=running,
+        credential="revoked" if h.revoked is not None else "active",
+        credential_issued=h.credential_issued,
+        revoked=h.revoked,
+        revoke_reason=h.revoke_reason,
     )
 
 
-async def _own_host(session: AsyncSession, actor: Actor, hid: str) -> Host:
+async def this_host(session: AsyncSession, actor: Actor, hid: str) -> Host:
+    """The host ``hid`` if the requester speaks with that host's own credential; Forbidden otherwise."""
+    if actor.host_uid is None:
+        raise Forbidden(
+            f"host routes need host {hid}'s own credential (from its enrolment), not an account's"
+        )
+    if actor.host_uid != hid:
+        raise Forbidden(f"this credential is host {actor.host_uid}'s, not host {hid}'s")
     host = await session.get(Host, hid)
-    if host is None:
+    if host is None or host.revoked is not None:
         raise NotFound(f"no host {hid}")
-    if host.owner_uid != actor.uid and actor.rights is not UserRights.SUPER_USER:
-        raise Forbidden(f"host {hid} belongs to another user")
     return host
+
+
+async def _manageable_host(session: AsyncSession, actor: Actor, hid: str) -> Host:
+    """A host its owner or an administrator may revoke or delete."""
+    host = await session.get(Host, hid)
+    if host is None or not can(actor, host, Perm.READ):
+        raise NotFound(f"no host {hid}")
+    if host.owner_uid != actor.uid and not can_administer(actor, host):
+        raise Forbidden(f"only the owner of host {host.name} or an administrator may do that")
+    return host
+
+
+async def _requeue_jobs_of(session: AsyncSession, actor: Actor | None, host: Host, why: str) -> int:
+    """Put back every job ``host`` holds (it is gone or no longer trusted); how many moved."""
+    moved = 0
+    stale = select(Job).where(Job.host_uid == host.uid, Job.status.in_(ACTIVE_VALUES))
+    for job in (await session.execute(stale)).scalars().all():
+        try:
+            move(session, actor, job, Trigger.LOSE, why)
+            moved += 1
+        except IllegalTransition:
+            continue
+    return moved
 
 
 async def _job_on(session: AsyncSession, host: Host, jid: str) -> Job:
@@ -89,15 +138,17 @@ async def _job_on(session: AsyncSession, host: Host, jid: str) -> Job:
 @routes.add(
     "POST",
     "/hosts",
-    summary="Enrol a worker host (or re-enrol after a restart)",
+    summary="Enrol a worker host with an account (answers the host's own credential), or re-enrol with it",
     body=HostIn,
     response=Enrolment,
 )
+@host_allowed
 async def enrol(request: web.Request) -> web.Response:
     svc = services(request)
     actor = actor_of(request)
     body = await read_body(request, HostIn, svc.settings.max_json_bytes)
     lost = 0
+    credential = None
     async with svc.sessions() as session, session.begin():
         project_uid = None
         if body.project:
@@ -109,9 +160,12 @@ async def enrol(request: web.Request) -> web.Response:
             if actor.rights is not UserRights.SUPER_USER and actor.group_uid != group.uid:
                 raise Forbidden(f"{actor.login} is not a member of {body.project!r}")
             project_uid = group.uid
-        stmt = select(Host).where(Host.owner_uid == actor.uid, Host.name == body.name)
-        host = (await session.execute(stmt)).scalar_one_or_none()
-        if host is None:
+        if actor.host_uid is not None:
+            # the same host starting again: whatever its previous process ran is lost
+            host = await this_host(session, actor, actor.host_uid)
+            action = "re-enrol"
+            lost = await _requeue_jobs_of(session, actor, host, f"rescheduled: worker {host.name} restarted")
+        else:
             public = actor.rights in (UserRights.WORKER_USER, UserRights.SUPER_USER)
             host = Host(
                 uid=new_uid(),
@@ -120,14 +174,11 @@ async def enrol(request: web.Request) -> web.Response:
                 access_rights=PUBLIC if public else PRIVATE,
                 name=body.name,
             )
+            credential, host.credential_hash = hostcreds.new_credential(host.uid)
+            host.credential_issued = utcnow()
             session.add(host)
             action = "enrol"
-        else:
-            action = "re-enrol"
-            stale = select(Job).where(Job.host_uid == host.uid, Job.status.in_(ACTIVE_VALUES))
-            for job in (await session.execute(stale)).scalars().all():
-                move(session, actor, job, Trigger.LOSE, f"rescheduled: worker {host.name} restarted")
-                lost += 1
+        host.name = body.name
         host.os, host.cpu, host.cores = body.os.value, body.cpu.value, body.cores
         host.memory, host.disk, host.version, host.sandbox = (
             body.memory,
@@ -154,13 +205,46 @@ async def enrol(request: web.Request) -> web.Response:
             host=host_out(host, svc, project=body.project),
             alive_period=s.alive_period,
             alive_timeout=s.alive_timeout,
+            credential=credential,
         )
     )
 
 
 @routes.add(
-    "GET", "/hosts", summary="List worker hosts", response=Page[HostOut], query={"alive": "true: alive only"}
+    "POST",
+    "/hosts/{uid}/revoke",
+    summary="Revoke a host's credential (its owner or an administrator); its jobs go back to the queue",
+    body=HostRevoke,
+    response=HostOut,
 )
+async def revoke_host(request: web.Request) -> web.Response:
+    svc = services(request)
+    actor = actor_of(request)
+    body = await read_body(request, HostRevoke, svc.settings.max_json_bytes)
+    async with svc.sessions() as session, session.begin():
+        host = await _manageable_host(session, actor, path_uid(request))
+        moved = 0
+        if host.revoked is None:
+            why = body.reason or f"revoked by {actor.login}"
+            host.revoked, host.revoke_reason = utcnow(), why
+            host.credential_hash, host.active = None, False
+            moved = await _requeue_jobs_of(session, actor, host, f"rescheduled: worker {host.name} revoked")
+            record(session, actor, "host", host, "revoke", reason=why)
+    if moved:
+        svc.dispatcher.notify()
+    return reply(host_out(host, svc))
+
+
+async def delete_host_in(session: AsyncSession, actor: Actor, host: Host) -> int:
+    """Delete a host record (its owner or an administrator); its jobs go back to the queue."""
+    host = await _manageable_host(session, actor, host.uid)
+    moved = await _requeue_jobs_of(session, actor, host, f"rescheduled: worker {host.name} deleted")
+    record(session, actor, "host", host, "delete", reason=host.name)
+    await session.delete(host)
+    return moved
+
+
+@routes.add("GET", "/hosts", summary="List worker hosts", response=Page[HostOut], query=(ALIVE, OWNER))
 async def list_hosts(request: web.Request) -> web.Response:
     from server.authz import require_may_list
 
@@ -168,7 +252,7 @@ async def list_hosts(request: web.Request) -> web.Response:
     actor = actor_of(request)
     require_may_list(actor, "hosts")
     stmt = select(Host)
-    if request.query.get("alive", "").lower() in ("1", "true", "yes"):
+    if ALIVE.flag(request):
         cutoff = utcnow() - timedelta(seconds=svc.settings.alive_timeout)
         stmt = stmt.where(Host.active.is_(True), Host.last_alive >= cutoff)
     async with svc.sessions() as session:
@@ -226,45 +310,48 @@ async def _assignment(session: AsyncSession, host: Host, job: Job) -> Assignment
     "/hosts/{uid}/work",
     summary="Long-poll for a job to run (204 when none came in time)",
     response=Assignment,
-    query={"wait": "seconds to wait for work (default: server's longpoll)"},
+    query=(WAIT,),
+    also=(204,),
 )
+@host_allowed
 async def request_work(request: web.Request) -> web.StreamResponse:
     svc = services(request)
     actor = actor_of(request)
     hid = path_uid(request)
-    try:
-        wait = min(float(request.query.get("wait", svc.settings.longpoll)), svc.settings.longpoll)
-    except ValueError:
-        raise ValidationFailed("wait must be a number of seconds") from None
-    deadline = time.monotonic() + max(wait, 0.0)
+    asked = WAIT.optional_number(request)
+    wait = svc.settings.longpoll if asked is None else min(asked, svc.settings.longpoll)
+    deadline = time.monotonic() + wait
     async with svc.sessions() as session:
-        host = await _own_host(session, actor, hid)
-    while True:
-        seen = svc.dispatcher.generation
-        async with svc.sessions() as session, session.begin():
-            job = await claim(session, host, actor.rights, actor.group_uid)
+        host = await this_host(session, actor, hid)
+    # a place in the long-poll budget is taken only once the request actually waits (429 past it)
+    with svc.longpolls.waiting_place() as place:
+        while True:
+            seen = svc.dispatcher.generation
+            async with svc.sessions() as session, session.begin():
+                job = await claim(session, host, actor.rights, actor.group_uid)
+                if job is not None:
+                    record(
+                        session,
+                        actor,
+                        "work",
+                        job,
+                        Trigger.CLAIM.value,
+                        from_status=JobStatus.PENDING.value,
+                        to_status=job.status,
+                        reason=f"claimed by {host.name}",
+                    )
+                    try:
+                        assignment = await _assignment(session, host, job)
+                    except ValidationFailed as err:
+                        move(session, actor, job, Trigger.FAIL, f"cannot run: {err.reason}")
+                        continue
             if job is not None:
-                record(
-                    session,
-                    actor,
-                    "work",
-                    job,
-                    Trigger.CLAIM.value,
-                    from_status=JobStatus.PENDING.value,
-                    to_status=job.status,
-                    reason=f"claimed by {host.name}",
-                )
-                try:
-                    assignment = await _assignment(session, host, job)
-                except ValidationFailed as err:
-                    move(session, actor, job, Trigger.FAIL, f"cannot run: {err.reason}")
-                    continue
-        if job is not None:
-            return reply(assignment)
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return web.Response(status=204)
-        await svc.dispatcher.wait(seen, min(remaining, 1.0))
+                return reply(assignment)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return web.Response(status=204)
+            place.take()
+            await svc.dispatcher.wait(seen, min(remaining, 1.0))
 
 
 @routes.add(
@@ -273,12 +360,13 @@ async def request_work(request: web.Request) -> web.StreamResponse:
     summary="Fetch a file of a job this host runs",
     raw_response="application/octet-stream",
 )
+@host_allowed
 async def job_file(request: web.Request) -> web.StreamResponse:
     svc = services(request)
     actor = actor_of(request)
     did = path_uid(request, "data")
     async with svc.sessions() as session:
-        host = await _own_host(session, actor, path_uid(request))
+        host = await this_host(session, actor, path_uid(request))
         job = await _job_on(session, host, path_uid(request, "job"))
         assignment = await _assignment(session, host, job)
     files = {
@@ -314,6 +402,7 @@ def _size(n: float) -> str:
     body=Heartbeat,
     response=HeartbeatReply,
 )
+@host_allowed
 async def alive(request: web.Request) -> web.Response:
     svc = services(request)
     actor = actor_of(request)
@@ -323,7 +412,7 @@ async def alive(request: web.Request) -> web.Response:
     requeued = False
     grace = max(5.0, svc.settings.alive_period)
     async with svc.sessions() as session, session.begin():
-        host = await _own_host(session, actor, path_uid(request))
+        host = await this_host(session, actor, path_uid(request))
         host.last_alive, host.active = utcnow(), True
         jobs = {
             j.uid: j
@@ -370,6 +459,7 @@ async def alive(request: web.Request) -> web.Response:
     body=JobReport,
     response=JobOut,
 )
+@host_allowed
 async def report(request: web.Request) -> web.Response:
     svc = services(request)
     actor = actor_of(request)
@@ -378,7 +468,7 @@ async def report(request: web.Request) -> web.Response:
         body.outcome
     ]
     async with svc.sessions() as session, session.begin():
-        host = await _own_host(session, actor, path_uid(request))
+        host = await this_host(session, actor, path_uid(request))
         job = await _job_on(session, host, path_uid(request, "job"))
         if body.return_code is not None:
             job.return_code = body.return_code
@@ -398,18 +488,16 @@ async def report(request: web.Request) -> web.Response:
     summary="Upload a job's results (a zip) and complete it",
     response=JobOut,
     raw_body="application/zip",
-    query={"return_code": "the job's exit code"},
+    query=(RETURN_CODE,),
 )
+@host_allowed
 async def upload_result(request: web.Request) -> web.Response:
     svc = services(request)
     actor = actor_of(request)
-    try:
-        return_code = int(request.query["return_code"])
-    except (KeyError, ValueError):
-        raise ValidationFailed("return_code (an integer) is required") from None
-    declared = request.headers.get("X-Content-SHA256")
+    return_code = RETURN_CODE.integer(request)
+    declared = header_sha256(request)
     async with svc.sessions() as session:
-        host = await _own_host(session, actor, path_uid(request))
+        host = await this_host(session, actor, path_uid(request))
         await _job_on(session, host, path_uid(request, "job"))
     item = await svc.store.ingest(
         request.content.iter_any(), max_size=MAX_RESULT_BYTES, expect_sha256=declared
@@ -456,13 +544,7 @@ async def reap(svc: Services) -> int:
         for host in lost.scalars().all():
             host.active = False
             record(session, None, "host", host, "lost", reason=f"silent since {host.last_alive:%H:%M:%S}")
-            jobs = select(Job).where(Job.host_uid == host.uid, Job.status.in_(ACTIVE_VALUES))
-            for job in (await session.execute(jobs)).scalars().all():
-                try:
-                    move(session, None, job, Trigger.LOSE, f"rescheduled: worker {host.name} lost")
-                    moved += 1
-                except IllegalTransition:
-                    continue
+            moved += await _requeue_jobs_of(session, None, host, f"rescheduled: worker {host.name} lost")
     if moved:
         svc.dispatcher.notify()
     return moved

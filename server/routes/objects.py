@@ -10,18 +10,22 @@ from common.enums import UserRights
 from common.errors import Forbidden, NotFound
 from common.rights import Perm, format_mode, parse_mode
 from common.schemas import ChmodIn, EventOut, ObjectRef, Page
-from server.authz import Actor, can_administer, require, require_may_list
-from server.db.models import OWNED_MODELS, App, Data, Event, Job, OwnedMixin, User, UserGroup
+from server.authz import Actor, can_administer, require, require_may_list, require_may_manage_user
+from server.db.models import OWNED_MODELS, App, Data, Event, Host, Job, OwnedMixin, User, UserGroup
 from server.events import record
 from server.http import Routes, page_params, read_body, reply
+from server.query import integer_range, uid_filter
 from server.routes.apps import delete_app_in
 from server.routes.base import path_uid
 from server.routes.data import delete_data_in
+from server.routes.hosts import delete_host_in
 from server.routes.jobs import delete_job_in
 from server.routes.users import delete_group_in, delete_user_in
 from server.state import actor_of, services
 
 routes = Routes("objects")
+OBJECT = uid_filter("object", "object uid")
+AFTER = integer_range("after", "only events with a larger id", low=0)  # events.id is an Integer
 
 
 async def find(session: AsyncSession, actor: Actor, uid: str) -> tuple[str, OwnedMixin]:
@@ -56,6 +60,8 @@ async def chmod(request: web.Request) -> web.Response:
         kind, obj = await find(session, actor, path_uid(request))
         if not can_administer(actor, obj):
             raise Forbidden(f"only the owner or an administrator may change the rights of {kind} {obj.uid}")
+        if isinstance(obj, User) and obj.uid != actor.uid:
+            require_may_manage_user(actor, obj.uid, obj.login, UserRights(obj.rights), obj.usergroup_uid)
         before = obj.access_rights
         obj.access_rights = parse_mode(body.mode, before)
         record(
@@ -74,6 +80,7 @@ async def remove(request: web.Request) -> web.Response:
     svc = services(request)
     actor = actor_of(request)
     gone = None
+    requeued = 0
     async with svc.sessions() as session, session.begin():
         kind, obj = await find(session, actor, path_uid(request))
         if isinstance(obj, Job):
@@ -86,6 +93,8 @@ async def remove(request: web.Request) -> web.Response:
             await delete_group_in(session, actor, obj)
         elif isinstance(obj, User):
             await delete_user_in(session, actor, obj)
+        elif isinstance(obj, Host):
+            requeued = await delete_host_in(session, actor, obj)
         else:
             require(actor, obj, Perm.WRITE, kind)
             record(session, actor, kind, obj, "delete")
@@ -93,6 +102,10 @@ async def remove(request: web.Request) -> web.Response:
     if gone is not None:
         async with svc.store.lock(gone):
             svc.store.delete(gone)
+    if requeued:
+        svc.dispatcher.notify()
+    if kind == "user":
+        svc.crl.invalidate()
     return web.Response(status=204)
 
 
@@ -115,7 +128,7 @@ def _event_out(e: Event) -> EventOut:
     "/events",
     summary="Read the event log",
     response=Page[EventOut],
-    query={"object": "object uid", "after": "only events with a larger id"},
+    query=(OBJECT, AFTER),
 )
 async def events(request: web.Request) -> web.Response:
     actor = actor_of(request)
@@ -124,10 +137,11 @@ async def events(request: web.Request) -> web.Response:
     stmt = select(Event)
     if actor.rights is not UserRights.SUPER_USER:
         stmt = stmt.where(or_(Event.object_owner_uid == actor.uid, Event.actor_uid == actor.uid))
-    if "object" in request.query:
-        stmt = stmt.where(Event.object_uid == request.query["object"].lower())
-    if "after" in request.query and request.query["after"].isdigit():
-        stmt = stmt.where(Event.id > int(request.query["after"]))
+    obj, after = OBJECT.text(request), AFTER.optional_integer(request)
+    if obj is not None:
+        stmt = stmt.where(Event.object_uid == obj)
+    if after is not None:
+        stmt = stmt.where(Event.id > after)
     async with services(request).sessions() as session:
         total = (await session.execute(select(func.count()).select_from(stmt.subquery()))).scalar_one()
         rows = (await session.execute(stmt.order_by(Event.id).offset(offset).limit(limit))).scalars().all()

@@ -32,17 +32,19 @@ from common.schemas import (
     tunnel_name,
 )
 from common.uri import new_uid
-from server.auth import actor_from_user
+from server.auth import actor_from_user, host_allowed
 from server.authz import Actor, can, require_may_insert, require_may_list
 from server.db.models import Job, Proxy, User
 from server.events import record
 from server.http import Routes, read_body, reply
+from server.query import OWNER, integer_range
 from server.routes.base import load, owned, paged, path_uid
-from server.routes.hosts import _job_on, _own_host
+from server.routes.hosts import _job_on, this_host
 from server.settings import ServerSettings
 from server.state import Services, actor_of, services
 
 routes = Routes("tunnels")
+PORT = integer_range("port", "one of the job's listen ports", low=1, high=65535, required=True)
 
 LINK = "link"
 NO_RELAY = "no relay configured on this grid"
@@ -87,7 +89,9 @@ def _ticket(
 ) -> TunnelTicket:
     relay = relay_for(svc.settings, key)
     host_key = _host_key(svc.settings)
-    token = svc.signer.issue(actor.uid, audience="relay", ttl=svc.settings.ticket_ttl, scope=scope)
+    # a host's tickets name the host: the relay lets one subject replace its own registrations only
+    subject = actor.host_uid or actor.uid
+    token = svc.signer.issue(subject, audience="relay", ttl=svc.settings.ticket_ttl, scope=scope)
     return TunnelTicket(relay=relay, host_key=host_key, ticket=token, name=name, id=id, refused=refused or [])
 
 
@@ -134,11 +138,12 @@ async def _forward_target(session: AsyncSession, owner: Actor | None, address: s
     summary="Relay ticket for the worker running a job: publish its listen ports, reach its forwards",
     response=TunnelTicket,
 )
+@host_allowed
 async def host_tunnels(request: web.Request) -> web.Response:
     svc = services(request)
     actor = actor_of(request)
     async with svc.sessions() as session:
-        host = await _own_host(session, actor, path_uid(request))
+        host = await this_host(session, actor, path_uid(request))
         job = await _job_on(session, host, path_uid(request, "job"))
         if job.status != JobStatus.RUNNING.value:
             raise Conflict(f"job {job.uid} is {job.status}, not RUNNING: no tunnels")
@@ -170,18 +175,14 @@ async def host_tunnels(request: web.Request) -> web.Response:
     "/jobs/{uid}/tunnel",
     summary="Relay ticket to connect to a listen port of a running job you may read",
     response=TunnelTicket,
-    query={"port": "one of the job's listen ports (required)"},
+    query=(PORT,),
 )
 async def job_tunnel(request: web.Request) -> web.Response:
     svc = services(request)
     actor = actor_of(request)
     async with svc.sessions() as session:
         job = await load(session, Job, path_uid(request), actor, Perm.READ, "job")
-    raw = request.query.get("port", "")
-    try:
-        port = int(raw)
-    except ValueError:
-        raise ValidationFailed(f"port must be one of the job's listen ports, got {raw!r}") from None
+    port = PORT.integer(request)
     if port not in job.listen_ports:
         ports = ", ".join(str(p) for p in job.listen_ports) or "none"
         raise ValidationFailed(f"job {job.uid} does not listen on port {port} (its listen ports: {ports})")
@@ -244,7 +245,13 @@ async def proxy_ticket(request: web.Request) -> web.Response:
     return reply(_ticket(svc, actor, _relay_key(name), [LINK, f"publish:{name}"], name=name, id=proxy.uid))
 
 
-@routes.add("GET", "/proxies", summary="List proxies (published client ports)", response=Page[ProxyOut])
+@routes.add(
+    "GET",
+    "/proxies",
+    summary="List proxies (published client ports)",
+    response=Page[ProxyOut],
+    query=(OWNER,),
+)
 async def list_proxies(request: web.Request) -> web.Response:
     actor = actor_of(request)
     require_may_list(actor, "proxies")

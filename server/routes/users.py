@@ -14,11 +14,13 @@ from common.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from common.rights import GROUP, PRIVATE, Perm
 from common.schemas import Page, UserGroupIn, UserGroupOut, UserIn, UserOut, UserPatch
 from common.uri import is_uid, new_uid
-from server.authz import Actor, require, require_may_create_user, require_may_list
+from server.authz import Actor, require_may_create_user, require_may_list, require_may_manage_user
+from server.certificates import bump_tokens, revoke_all
 from server.db.models import User, UserGroup
 from server.events import record
 from server.http import Routes, read_body, reply
-from server.passwords import hash_password
+from server.passwords import hash_password, verify_password
+from server.query import OWNER, name_filter
 from server.routes.base import load, owned, paged, path_uid, rights_for
 from server.state import actor_of, services
 
@@ -53,13 +55,17 @@ def _unique(exc: IntegrityError, what: str) -> Conflict:
     return Conflict(f"{what} already exists")
 
 
-@routes.add("GET", "/users", summary="List users", response=Page[UserOut], query={"login": "exact login"})
+LOGIN = name_filter("login", "exact login")
+
+
+@routes.add("GET", "/users", summary="List users", response=Page[UserOut], query=(LOGIN, OWNER))
 async def list_users(request: web.Request) -> web.Response:
     actor = actor_of(request)
     require_may_list(actor, "users")
     stmt = select(User)
-    if "login" in request.query:
-        stmt = stmt.where(User.login == request.query["login"])
+    login = LOGIN.text(request)
+    if login is not None:
+        stmt = stmt.where(User.login == login)
     async with services(request).sessions() as session:
         rows, total, offset, limit = await paged(session, request, actor, User, stmt, User.login)
     return reply(Page[UserOut](items=[user_out(u) for u in rows], total=total, offset=offset, limit=limit))
@@ -116,41 +122,66 @@ async def patch_user(request: web.Request) -> web.Response:
     svc = services(request)
     actor = actor_of(request)
     body = await read_body(request, UserPatch, svc.settings.max_json_bytes)
+    new_hash = await asyncio.to_thread(hash_password, body.password) if body.password is not None else None
     async with svc.sessions() as session, session.begin():
-        user = await load(session, User, path_uid(request), actor, Perm.WRITE, "user")
-        if body.rights is not None or body.cert_subject is not None:
-            _require_admin_over(actor, user)
-        if body.rights is not None:
+        user = await load(session, User, path_uid(request), actor, Perm.READ, "user")
+        if user.uid == actor.uid:
+            await _check_self_change(request, actor, user, body)
+        else:
+            require_may_manage_user(actor, user.uid, user.login, UserRights(user.rights), user.usergroup_uid)
+        changed: list[str] = []
+        if body.rights is not None and body.rights.value != user.rights:
             require_may_create_user(actor, body.rights, user.usergroup_uid)
             user.rights = body.rights.value
-        if body.password is not None:
-            user.password_hash = await asyncio.to_thread(hash_password, body.password)
+            bump_tokens(user)
+            changed.append(f"rights {body.rights.value}")
+        if new_hash is not None:
+            user.password_hash = new_hash
+            bump_tokens(user)
+            changed.append("password")
         if body.email is not None:
             user.email = body.email
+            changed.append("email")
         if body.cert_subject is not None:
-            user.cert_subject = body.cert_subject or None
-        record(
-            session,
-            actor,
-            "user",
-            user,
-            "update",
-            reason=", ".join(k for k, v in body.model_dump().items() if v is not None and k != "password")
-            + (", password" if body.password else ""),
-        )
+            changed.append(await _set_subject(session, actor, user, body.cert_subject))
+        record(session, actor, "user", user, "update", reason=", ".join(changed) or "nothing")
+    if body.cert_subject is not None:
+        svc.crl.invalidate()
     return reply(user_out(user))
 
 
-def _require_admin_over(actor: Actor, user: User) -> None:
-    if actor.rights is UserRights.SUPER_USER:
+async def _check_self_change(request: web.Request, actor: Actor, user: User, body: UserPatch) -> None:
+    """One's own account: no promotion, no certificate mapping, and the current password to set a new one."""
+    if not actor.is_admin and (body.rights is not None or body.cert_subject is not None):
+        raise Forbidden(f"{actor.login} may not change its own rights or certificate subject")
+    if body.password is None:
         return
-    if (
-        actor.rights is UserRights.ADVANCED_USER
-        and user.usergroup_uid == actor.group_uid
-        and user.uid != actor.uid
-    ):
-        return
-    raise Forbidden(f"{actor.login} may not change rights or certificates of {user.login}")
+    if body.current_password is None:
+        raise ValidationFailed("current_password: required to change your own password")
+    svc = services(request)
+    address = request.remote or "?"
+    svc.throttle.check(user.login, address)
+    async with svc.passwords.slot():
+        ok = await asyncio.to_thread(verify_password, body.current_password, user.password_hash)
+    if not ok:
+        svc.throttle.failed(user.login, address)
+        raise Forbidden("current_password is wrong")
+
+
+async def _set_subject(session: AsyncSession, actor: Actor, user: User, subject: str) -> str:
+    """Map ``user`` to a certificate subject, or clear it (which revokes the user's certificates)."""
+    if not subject:
+        n = await revoke_all(session, user.uid, f"certificate subject cleared by {actor.login}")
+        user.cert_subject = None
+        bump_tokens(user)
+        return f"certificate subject cleared, {n} certificate(s) revoked"
+    holder = (
+        await session.execute(select(User.login).where(User.cert_subject == subject, User.uid != user.uid))
+    ).scalar_one_or_none()
+    if holder is not None:
+        raise Conflict(f"certificate subject {subject!r} is already mapped to user {holder!r}")
+    user.cert_subject = subject
+    return "cert_subject"
 
 
 @routes.add("DELETE", "/users/{uid}", summary="Delete a user", status=204)
@@ -159,20 +190,25 @@ async def delete_user(request: web.Request) -> web.Response:
     async with services(request).sessions() as session, session.begin():
         user = await load(session, User, path_uid(request), actor, Perm.READ, "user")
         await delete_user_in(session, actor, user)
+    services(request).crl.invalidate()
     return web.Response(status=204)
 
 
 async def delete_user_in(session: AsyncSession, actor: Actor, user: User) -> None:
-    """Delete a user (administrators of it only; never yourself). Its objects stay, owned by its uid."""
-    require(actor, user, Perm.WRITE, "user")
-    _require_admin_over(actor, user)
+    """Delete a user (those who manage it only; never yourself). Its objects stay, owned by its uid.
+
+    Its certificates are revoked (published in the CRL); its tokens and host credentials stop working
+    at once because they resolve to a user that no longer exists.
+    """
     if user.uid == actor.uid:
         raise Forbidden("you cannot delete yourself")
-    record(session, actor, "user", user, "delete", reason=user.login)
+    require_may_manage_user(actor, user.uid, user.login, UserRights(user.rights), user.usergroup_uid)
+    n = await revoke_all(session, user.uid, f"user {user.login} deleted by {actor.login}")
+    record(session, actor, "user", user, "delete", reason=f"{user.login}; {n} certificate(s) revoked")
     await session.delete(user)
 
 
-@routes.add("GET", "/usergroups", summary="List usergroups", response=Page[UserGroupOut])
+@routes.add("GET", "/usergroups", summary="List usergroups", response=Page[UserGroupOut], query=(OWNER,))
 async def list_groups(request: web.Request) -> web.Response:
     actor = actor_of(request)
     require_may_list(actor, "usergroups")

@@ -116,3 +116,33 @@ async def test_sendapp_refusals(grid, tmp_path, xw, user_conf, error_line) -> No
     assert "belongs to someone else" in error_line(taken.stderr, "xwsendapp")
     assert (await xw(xwdatas, bob)).stdout == ""  # bob's upload was removed again
     assert len(await api.datas()) == 1
+
+
+async def test_xwdownload_never_writes_where_a_server_supplied_name_points(  # type: ignore[no-untyped-def]
+    grid, tmp_path, xw, user_conf, monkeypatch
+) -> None:
+    """Our server refuses such names; a hostile or broken server must still not choose our paths."""
+    from client.api import XWClient
+
+    alice, api = await user_conf("alice")
+    src = tmp_path / "blob.bin"
+    src.write_bytes(b"payload")
+    data = await api.send_file(src)
+    real_get = XWClient.get_data
+
+    async def hostile(self, uid):  # type: ignore[no-untyped-def]
+        meta = await real_get(self, uid)
+        return meta.model_copy(update={"name": "../../escaped.txt"})
+
+    monkeypatch.setattr(XWClient, "get_data", hostile)
+    work = tmp_path / "a" / "b"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    out = (await xw(xwdownload, alice, data.uid)).stdout.strip()
+    written = [p for p in tmp_path.rglob("*escaped*")]
+    assert len(written) == 1 and written[0].parent == work, written
+    assert out == str(written[0]) and written[0].read_bytes() == b"payload"
+    outdir = tmp_path / "into"
+    outdir.mkdir()
+    await xw(xwdownload, alice, data.uid, "--xwout", str(outdir))
+    assert [p.parent for p in tmp_path.rglob("*escaped*")].count(outdir) == 1

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import stat
 
 from client.commands import (
     xwcert,
+    xwpasswd,
     xwping,
     xwsenduser,
     xwsendusergroup,
@@ -16,6 +18,7 @@ from client.commands import (
     xwversion,
 )
 from common import __version__
+from tests.client.conftest import PASSWORD
 
 
 async def test_admin_creates_groups_and_users(grid, tmp_path, xw, admin_conf, error_line) -> None:  # type: ignore[no-untyped-def]
@@ -99,3 +102,39 @@ async def test_cert_then_login_by_certificate_only(grid, tmp_path, xw, user_conf
     again = await xw(xwcert, alice, "--xwout", str(prefix), expect=1)
     assert f"{crt}: exists" in error_line(again.stderr, "xwcert")
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
+
+
+async def test_xwcert_lists_and_revokes(grid, tmp_path, xw, user_conf, error_line) -> None:  # type: ignore[no-untyped-def]
+    alice, _ = await user_conf("alice")
+    prefix = tmp_path / "certs" / "alice"
+    (made,) = [json.loads((await xw(xwcert, alice, "--xwout", str(prefix), "--xwformat", "json")).stdout)]
+    serial = made["serial"]
+    listed = json.loads((await xw(xwcert, alice, "--xwlist", "--xwformat", "json")).stdout)
+    assert [(c["serial"], c["revoked"]) for c in listed] == [(serial, None)]
+    cert_only = grid.write_client_conf(
+        tmp_path / "cert.conf",
+        cert=str(prefix.with_name("alice.crt")),
+        key=str(prefix.with_name("alice.key")),
+    )
+    assert "via certificate" in (await xw(xwping, cert_only)).stdout
+    out = (await xw(xwcert, alice, "--xwrevoke", serial, "--reason", "lost")).stdout
+    assert out.startswith(f"SERIAL='{serial}'")
+    refused = await xw(xwping, cert_only, expect=1)
+    assert "revoked (lost)" in error_line(refused.stderr, "xwping")
+
+
+async def test_xwpasswd_needs_the_current_password(
+    grid, tmp_path, xw, user_conf, error_line, admin_conf
+) -> None:  # type: ignore[no-untyped-def]
+    alice, _ = await user_conf("alice")
+    wrong = await xw(xwpasswd, alice, "--current", "not it", "--new", "a new password", expect=1)
+    assert "current_password is wrong" in error_line(wrong.stderr, "xwpasswd")
+    done = await xw(xwpasswd, alice, "--current", PASSWORD, "--new", "a new password")
+    assert done.stdout == "password of alice changed: older tokens no longer work\n"
+    stale = await xw(xwping, alice, expect=1)  # its config still holds the old password
+    assert "wrong login or password" in error_line(stale.stderr, "xwping")
+    fresh = grid.write_client_conf(tmp_path / "new.conf", login="alice", password="a new password")
+    assert "pong: alice" in (await xw(xwping, fresh)).stdout
+    # an administrator resets it without knowing it
+    await xw(xwpasswd, admin_conf, "alice", "--new", "reset by admin")
+    assert "wrong login or password" in error_line((await xw(xwping, fresh, expect=1)).stderr, "xwping")

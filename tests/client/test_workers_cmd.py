@@ -50,8 +50,10 @@ def test_hosts_render_xwhep_style() -> None:
     assert (elem.attrib["name"], elem.attrib["alive"], elem.attrib["running"]) == ("h1", "false", "0")
     assert elem.attrib["lastalive"] == WHEN.isoformat()
     header, row = render("host", [host()], "table").splitlines()
-    assert header.split() == ["NAME", "OS", "CPU", "CORES", "SANDBOX", "ALIVE", "LAST", "SEEN", "RUNNING"]
-    assert row.split() == ["h1", "LINUX", "AMD64", "8", "bwrap", "true", WHEN.isoformat(), "1"]
+    assert header.split() == [
+        *("NAME", "OS", "CPU", "CORES", "SANDBOX", "ALIVE", "LAST", "SEEN", "RUNNING", "CREDENTIAL")
+    ]
+    assert row.split() == ["h1", "LINUX", "AMD64", "8", "bwrap", "true", WHEN.isoformat(), "1", "active"]
 
 
 def test_status_lines_with_reason() -> None:
@@ -155,3 +157,21 @@ async def test_hold_and_release(grid, tmp_path, xw, user_conf, error_line) -> No
     hidden = await xw(xwhold, bob, "mine", expect=1)  # a private job: bob cannot even see it
     assert "mine" in error_line(hidden.stderr, "xwhold")
     assert await bob_api.jobs() != []
+
+
+async def test_xwworkers_revokes_a_host(grid, tmp_path, xw, user_conf, admin_conf, error_line) -> None:  # type: ignore[no-untyped-def]
+    alice, api = await user_conf("alice")
+    mine = (await api.enrol(HostIn(name="laptop", os="LINUX", cpu="AMD64"))).host
+    public = (await grid.admin.enrol(HostIn(name="h1", os="LINUX", cpu="AMD64"))).host
+    refused = await xw(xwworkers, alice, "--xwrevoke", public.uid, expect=1)
+    assert "only the owner" in error_line(refused.stderr, "xwworkers")
+    out = (await xw(xwworkers, alice, "--xwrevoke", "laptop", "--reason", "sold it")).stdout
+    assert out == f"UID='{mine.uid}', NAME='laptop', ALIVE='false', RUNNING='0'\n"
+    docs = json.loads((await xw(xwworkers, alice, "--xwformat", "json")).stdout)
+    (doc,) = [d for d in docs if d["uid"] == mine.uid]
+    assert (doc["credential"], doc["revoke_reason"]) == ("revoked", "sold it")
+    await api.enrol(HostIn(name="twin", os="LINUX", cpu="AMD64"))
+    await api.enrol(HostIn(name="twin", os="LINUX", cpu="AMD64"))
+    ambiguous = await xw(xwworkers, alice, "--xwrevoke", "twin", expect=1)
+    assert "2 hosts named 'twin'" in error_line(ambiguous.stderr, "xwworkers")
+    assert [h.credential for h in await grid.admin.hosts() if h.uid == public.uid] == ["active"]

@@ -121,14 +121,15 @@ async def test_expired_certificate_is_refused(grid: Any, tmp_path: Path) -> None
     await _refused(grid, crt, pem)
 
 
-async def test_unmapped_certificate_subject_is_401_naming_it(grid: Any, tmp_path: Path) -> None:
+async def test_certificate_of_our_ca_not_in_the_registry_is_401_naming_it(grid: Any, tmp_path: Path) -> None:
+    """Signed by the grid CA but never recorded (not issued through the server): refused, by serial."""
     ca = CA.load(grid.settings.ca_cert, grid.settings.ca_key)
     crt, pem = _write_pair(tmp_path / "ghost", *issue_user_cert(ca, "ghost"))
     xw = grid.client(grid.config(cert=crt, key=pem))
     with pytest.raises(Unauthorized) as info:
         await xw.ping()
     assert "CN=ghost" in info.value.reason
-    assert "not mapped" in info.value.reason
+    assert "not in this server's registry" in info.value.reason
 
 
 # --- bearer tokens -------------------------------------------------------------------------------
