@@ -132,13 +132,15 @@ def main(
     except RuntimeError as exc:
         raise click.ClickException(f"--work-dir {opts.work_dir}: {exc}") from None
     try:
-        reason = asyncio.run(_serve(cfg, opts))
+        reason, refused = asyncio.run(_serve(cfg, opts))
     except XWError as err:
         raise click.ClickException(err.reason) from None
     click.echo(f"xwworker {name}: {reason}", err=True)
+    if refused:
+        sys.exit(1)  # a supervisor must see that this worker cannot go on as it is
 
 
-async def _serve(cfg: object, opts: WorkerOptions) -> str:
+async def _serve(cfg: object, opts: WorkerOptions) -> tuple[str, bool]:
     from client.config import ClientConfig
 
     assert isinstance(cfg, ClientConfig)
@@ -147,4 +149,5 @@ async def _serve(cfg: object, opts: WorkerOptions) -> str:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, worker.stop, f"signal {sig.name}")
-        return await worker.run()
+        reason = await worker.run()
+        return reason, worker.credential_refused

@@ -122,6 +122,7 @@ class Worker:
         self.log = HostAdapter(logger, {"host": options.name})
         self._stop = asyncio.Event()
         self._stop_reason = ""
+        self.credential_refused = False  # stopped because the server refused our host credential
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -221,7 +222,11 @@ class Worker:
     def _credential_refused(self, err: XWError) -> bool:
         """A revoked or deleted host stops: it must not keep asking with a credential that is dead."""
         if isinstance(err, Unauthorized):
-            self.stop(f"the server no longer accepts this host's credential: {err.reason}")
+            self.credential_refused = True
+            self.stop(
+                f"the server no longer accepts this host's credential: {err.reason} (to enrol this "
+                f"machine as a new host, delete {identity.path_in(self.opt.work_dir)})"
+            )
             return True
         return False
 

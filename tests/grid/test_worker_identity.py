@@ -37,7 +37,7 @@ async def test_worker_restart_is_the_same_host_and_revocation_stops_it(local_gri
     await lg.wait_job(alice, job.uid, {JobStatus.RUNNING})
     await lg.admin.revoke_host(doc["host"], "compromised")
     proc = lg.procs["ident"]
-    await asyncio.wait_for(proc.wait(), 30)
+    assert await asyncio.wait_for(proc.wait(), 30) == 1  # a supervisor sees it cannot go on
     assert "no longer accepts this host's credential" in lg.log("ident")
     back = await lg.wait_job(alice, job.uid, {JobStatus.PENDING, JobStatus.RUNNING})
     assert back.host != doc["host"]
