@@ -99,7 +99,7 @@ class Fleet:
                 assignment = await xw.request_work(host, wait=0)
                 if assignment is None:
                     return done
-                await xw.upload_result(host, assignment.job.uid, result_zip, 0)
+                await xw.upload_result(host, assignment.attempt, result_zip, 0)
                 done += 1
 
         counts = await asyncio.gather(*(work(xw, h) for xw, h in zip(self.clients, self.hosts, strict=True)))

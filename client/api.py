@@ -18,6 +18,7 @@ from common.schemas import (
     AppIn,
     AppOut,
     Assignment,
+    Assignments,
     CertificateOut,
     CertResponse,
     DataIn,
@@ -28,6 +29,7 @@ from common.schemas import (
     HeartbeatReply,
     HostIn,
     HostOut,
+    InlineResult,
     JobIn,
     JobOut,
     JobReport,
@@ -35,6 +37,8 @@ from common.schemas import (
     Page,
     Ping,
     ProxyOut,
+    ResultsIn,
+    ResultsReply,
     TokenResponse,
     TunnelTicket,
     UserGroupIn,
@@ -58,7 +62,9 @@ class Transport(Protocol):
     async def aclose(self) -> None: ...
 
 
-HOST_PROTOCOL = frozenset({"work", "alive", "jobs"})  # /hosts/<uid>/<these>...: spoken as the host
+HOST_PROTOCOL = frozenset(
+    {"work", "alive", "attempts", "results"}
+)  # /hosts/<uid>/<these>...: spoken as the host
 KIND_PATHS = {"app": "/apps", "data": "/data", "work": "/jobs", "user": "/users", "usergroup": "/usergroups"}
 
 
@@ -394,19 +400,25 @@ class XWClient:
         """Revoke a host's credential (its owner or an administrator)."""
         return await self._call("POST", f"/hosts/{host_uid}/revoke", HostOut, json={"reason": reason})
 
-    async def request_work(self, host_uid: str, wait: float) -> Assignment | None:
-        """Long-poll for a job; None when the server had none within ``wait`` seconds."""
-        resp = await self.open(ApiRequest("POST", f"/hosts/{host_uid}/work", params={"wait": f"{wait:g}"}))
+    async def claim_work(self, host_uid: str, wait: float, max_jobs: int = 1) -> list[Assignment]:
+        """Long-poll for up to ``max_jobs`` jobs (one attempt each); [] when none came within ``wait`` s."""
+        params = {"wait": f"{wait:g}", "max": str(max_jobs)}
+        resp = await self.open(ApiRequest("POST", f"/hosts/{host_uid}/work", params=params))
         try:
             if resp.status == 204:
-                return None
-            return Assignment.model_validate(await resp.json())
+                return []
+            return Assignments.model_validate(await resp.json()).items
         finally:
             await resp.aclose()
 
-    async def fetch_job_file(self, host_uid: str, job_uid: str, data_uid: str, dest: Path) -> None:
-        """Stream one file of a job assigned to this host into ``dest`` (the caller verifies it)."""
-        resp = await self.open(ApiRequest("GET", f"/hosts/{host_uid}/jobs/{job_uid}/files/{data_uid}"))
+    async def request_work(self, host_uid: str, wait: float) -> Assignment | None:
+        """Long-poll for one job; None when the server had none within ``wait`` seconds."""
+        got = await self.claim_work(host_uid, wait, 1)
+        return got[0] if got else None
+
+    async def fetch_job_file(self, host_uid: str, attempt: str, data_uid: str, dest: Path) -> None:
+        """Stream one file of an attempt this host runs into ``dest`` (the caller verifies it)."""
+        resp = await self.open(ApiRequest("GET", f"/hosts/{host_uid}/attempts/{attempt}/files/{data_uid}"))
         try:
             with dest.open("wb") as fh:
                 async for chunk in resp.iter_chunks():
@@ -419,21 +431,29 @@ class XWClient:
             "POST", f"/hosts/{host_uid}/alive", HeartbeatReply, json=beat.model_dump(mode="json")
         )
 
-    async def report(self, host_uid: str, job_uid: str, report: JobReport) -> JobOut:
+    async def report(self, host_uid: str, attempt: str, report: JobReport) -> JobOut:
         return await self._call(
-            "POST", f"/hosts/{host_uid}/jobs/{job_uid}/report", JobOut, json=report.model_dump(mode="json")
+            "POST",
+            f"/hosts/{host_uid}/attempts/{attempt}/report",
+            JobOut,
+            json=report.model_dump(mode="json"),
         )
 
-    async def host_tunnels(self, host_uid: str, job_uid: str) -> TunnelTicket:
-        """The relay ticket of a job this host runs: publish its listen ports, reach its forwards."""
-        return await self._call("POST", f"/hosts/{host_uid}/jobs/{job_uid}/tunnels", TunnelTicket)
+    async def host_tunnels(self, host_uid: str, attempt: str) -> TunnelTicket:
+        """The relay ticket of an attempt this host runs (its job's listen ports and forwards)."""
+        return await self._call("POST", f"/hosts/{host_uid}/attempts/{attempt}/tunnels", TunnelTicket)
 
-    async def upload_result(self, host_uid: str, job_uid: str, path: Path, return_code: int) -> JobOut:
-        """Stream a job's results zip and complete the job."""
+    async def send_results(self, host_uid: str, results: list[InlineResult]) -> ResultsReply:
+        """Complete several attempts with small results inline (one request, one transaction)."""
+        body = ResultsIn(results=results).model_dump(mode="json")
+        return await self._call("POST", f"/hosts/{host_uid}/results", ResultsReply, json=body)
+
+    async def upload_result(self, host_uid: str, attempt: str, path: Path, return_code: int) -> JobOut:
+        """Stream an attempt's results zip and complete its job."""
         digest, _ = await asyncio.to_thread(file_sha256, path)
         req = ApiRequest(
             "PUT",
-            f"/hosts/{host_uid}/jobs/{job_uid}/result",
+            f"/hosts/{host_uid}/attempts/{attempt}/result",
             params={"return_code": str(return_code)},
             content=_file_chunks(path, None),
             headers={"Content-Type": "application/zip", "X-Content-SHA256": digest},

@@ -27,6 +27,18 @@ class JobStatus(StrEnum):
     ERROR = "ERROR"
 
 
+class AttemptState(StrEnum):
+    """How one run of a job on one host stands (a job can have had several)."""
+
+    RUNNING = "RUNNING"  # claimed, running on its host
+    UPLOADING = "UPLOADING"  # finished, its result upload pending (the job is DATAREQUEST)
+    COMPLETED = "COMPLETED"  # its result was accepted
+    FAILED = "FAILED"  # the host reported it failed
+    LOST = "LOST"  # its host went silent, restarted, forgot it or was revoked
+    ABORTED = "ABORTED"  # its host gave it back
+    CANCELLED = "CANCELLED"  # the job was held, deleted or failed by someone else while it ran
+
+
 class DataStatus(StrEnum):
     """Whether a data object's content has been uploaded."""
 

@@ -308,6 +308,7 @@ class JobOut(Owned):
     host: str | None
     started: datetime | None
     completed: datetime | None
+    attempt: str | None = None  # the current run (one per claim), while RUNNING or DATAREQUEST
     memory: int = 0
     cpu_seconds: float = 0.0
     max_rss: int = 0
@@ -404,8 +405,11 @@ class FileRef(Model):
 
 
 class Assignment(Model):
-    """A job claimed for a host, with everything the worker needs to run it."""
+    """A job claimed for a host — one attempt at it — with everything the worker needs to run it.
 
+    Every later call about this run (files, heartbeats, tunnels, report, result) names ``attempt``."""
+
+    attempt: str
     job: JobOut
     app_name: str
     app_type: AppType
@@ -416,8 +420,16 @@ class Assignment(Model):
     memory: int
 
 
+class Assignments(Model):
+    """What one work request claimed (at most the ``max`` it asked for)."""
+
+    items: list[Assignment]
+
+
 class JobUsage(Model):
-    job: Uid
+    """One running attempt in a heartbeat."""
+
+    attempt: Uid
     cpu_seconds: Seconds = 0.0
     max_rss: Bytes = 0
     wall_seconds: Seconds = 0.0
@@ -431,7 +443,32 @@ class Heartbeat(Model):
 
 class HeartbeatReply(Model):
     alive_period: float
-    kill: dict[str, str]  # job uid -> reason
+    kill: dict[str, str]  # attempt uid -> reason
+
+
+INLINE_RESULT_BYTES = 64 * 1024  # results up to this size travel inline (base64) in a results report
+
+
+class InlineResult(Model):
+    """A finished attempt's results zip, small enough to travel in a JSON report."""
+
+    attempt: Uid
+    return_code: ReturnCode
+    content: Annotated[str, Field(max_length=(INLINE_RESULT_BYTES * 4) // 3 + 4)]  # base64
+    sha256: Sha256
+
+
+class ResultsIn(Model):
+    """Several finished attempts at once (one request, one transaction)."""
+
+    results: list[InlineResult] = Field(min_length=1, max_length=64)
+
+
+class ResultsReply(Model):
+    """Which attempts' results were accepted, and why the others were refused (attempt -> reason)."""
+
+    accepted: list[str]
+    refused: dict[str, str]
 
 
 class JobReport(Model):

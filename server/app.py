@@ -13,13 +13,15 @@ from aiohttp import web
 from server import connguard
 from server.auth import auth_middleware, server_ssl_context
 from server.db.engine import make_engine, make_sessionmaker, upgrade
-from server.dispatch import Dispatcher
 from server.http import Routes, problem_middleware
 from server.listener import ConnectionLimits, GatedSite
 from server.longpoll import LongPollBudget
 from server.openapi import openapi_routes
 from server.pki import CA
-from server.routes import apps, auth, certificates, data, hosts, jobs, objects, tunnels, users
+from server.routes import apps, auth, certificates, data, hosts, jobs, objects, tunnels, users, worker
+from server.scheduler.reaper import reaper_loop
+from server.scheduler.wakeup import Wakeups
+from server.scheduler.writer import observe
 from server.settings import ServerSettings
 from server.state import SERVICES, Services
 from server.store import DataStore
@@ -37,6 +39,7 @@ ROUTE_TABLES: list[Routes] = [
     data.routes,
     jobs.routes,
     hosts.routes,
+    worker.routes,
     tunnels.routes,
     certificates.routes,
     objects.routes,
@@ -55,14 +58,17 @@ def create_app(settings: ServerSettings, *, migrate: bool = True) -> web.Applica
         signer = TokenSigner.from_file(settings.jwt_key, settings.token_ttl)
         signer.write_public(settings.jwt_pub)  # homes made before relays existed get it too
         engine = make_engine(settings.db_url)
+        wakeups = Wakeups()
+        info: dict[str, object] = {}
+        observe(info, wakeups.observe)  # jobs that became PENDING wake as many waiting workers
         app[SERVICES] = Services(
             settings=settings,
             engine=engine,
-            sessions=make_sessionmaker(engine),
+            sessions=make_sessionmaker(engine, info),
             signer=signer,
             ca=CA.load(settings.ca_cert, settings.ca_key),
             store=DataStore(settings.store_dir),
-            dispatcher=Dispatcher(),
+            wakeups=wakeups,
             longpolls=LongPollBudget(settings.max_longpolls),
         )
         try:
@@ -71,7 +77,15 @@ def create_app(settings: ServerSettings, *, migrate: bool = True) -> web.Applica
             await engine.dispose()
 
     async def reaper_ctx(app: web.Application) -> AsyncIterator[None]:
-        task = asyncio.create_task(hosts.reaper_loop(app[SERVICES]), name="reaper")
+        svc = app[SERVICES]
+        loop = reaper_loop(
+            svc.sessions,
+            svc.store,
+            svc.liveness,
+            alive_period=lambda: svc.alive_period(),
+            alive_timeout=settings.alive_timeout,
+        )
+        task = asyncio.create_task(loop, name="reaper")
         try:
             yield
         finally:

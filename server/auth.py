@@ -19,17 +19,16 @@ from typing import TypeVar
 
 from aiohttp import web
 from cryptography import x509
-from sqlalchemy import select
 
-from common.enums import UserRights
 from common.errors import Forbidden, Unauthorized
 from server import hostcreds
+from server.authcache import HostSnap, UserSnap, user_snap
 from server.authz import Actor
 from server.certificates import user_for_certificate
-from server.db.models import Host, User
+from server.db.models import User
 from server.http import Handler, is_public
 from server.settings import ServerSettings
-from server.state import ACTOR_KEY, Services, services
+from server.state import ACTOR_KEY, HOST_KEY, Services, services
 
 
 def server_ssl_context(settings: ServerSettings) -> ssl.SSLContext:
@@ -59,12 +58,14 @@ def peer_certificate(request: web.Request) -> x509.Certificate | None:
     return x509.load_der_x509_certificate(der)
 
 
-def actor_from_user(user: User, how: str, host_uid: str | None = None) -> Actor:
+def actor_from_user(user: User | UserSnap, how: str, host_uid: str | None = None) -> Actor:
+    if isinstance(user, User):
+        user = user_snap(user)
     return Actor(
         uid=user.uid,
         login=user.login,
-        rights=UserRights(user.rights),
-        group_uid=user.usergroup_uid,
+        rights=user.rights,
+        group_uid=user.group_uid,
         auth=how,
         host_uid=host_uid,
     )
@@ -80,7 +81,9 @@ async def authenticate(request: web.Request) -> Actor:
         if scheme.lower() != "bearer" or not token:
             raise Unauthorized("unsupported Authorization header (expected 'Bearer <token>')")
         if hostcreds.is_host_credential(token):
-            return await _host_actor(svc, token)
+            host = await _host(svc, token)
+            request[HOST_KEY] = host.view
+            return actor_from_user(host.owner, "host", host_uid=host.view.uid)
         return await _token_actor(svc, token)
     cert = peer_certificate(request)
     if cert is not None:
@@ -95,9 +98,11 @@ async def authenticate(request: web.Request) -> Actor:
 
 
 async def _token_actor(svc: Services, token: str) -> Actor:
-    claims = svc.signer.verify(token)
-    async with svc.sessions() as session:
-        user = await session.get(User, str(claims["sub"]))
+    claims = svc.auth.token(token)
+    if claims is None:
+        claims = svc.signer.verify(token)
+        svc.auth.remember_token(token, claims)
+    user = await svc.auth.user(svc.sessions, str(claims["sub"]))
     if user is None:
         raise Unauthorized("token's user no longer exists")
     if claims.get("tv") != user.token_version:
@@ -105,27 +110,19 @@ async def _token_actor(svc: Services, token: str) -> Actor:
     return actor_from_user(user, "token")
 
 
-async def _host_actor(svc: Services, token: str) -> Actor:
+async def _host(svc: Services, token: str) -> HostSnap:
     parsed = hostcreds.parse(token)
     if parsed is None:
         raise Unauthorized("malformed host credential")
     host_uid, secret = parsed
-    async with svc.sessions() as session:
-        row = (
-            await session.execute(
-                select(Host.credential_hash, Host.revoked, User)
-                .join(User, User.uid == Host.owner_uid)
-                .where(Host.uid == host_uid)
-            )
-        ).first()
-    if row is None:
+    host = await svc.auth.host(svc.sessions, host_uid)
+    if host is None:
         raise Unauthorized(f"unknown host credential (no host {host_uid}): enrol again")
-    stored, revoked, owner = row
-    if revoked is not None:
+    if host.revoked is not None:
         raise Unauthorized(f"host {host_uid}'s credential was revoked: enrol as a new host")
-    if not hostcreds.matches(secret, stored):
+    if not hostcreds.matches(secret, host.credential_hash):
         raise Unauthorized(f"wrong credential for host {host_uid}")
-    return actor_from_user(owner, "host", host_uid=host_uid)
+    return host
 
 
 H = TypeVar("H", bound=Handler)

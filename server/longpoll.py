@@ -12,7 +12,7 @@ In ``request_work`` (server/routes/hosts.py) only waiting needs a place, not the
         while True:
             ...claim; return the assignment if there is one, 204 past the deadline...
             place.take()  # the first time: a place, or TooManyRequests (429 with Retry-After)
-            await svc.dispatcher.wait(seen, min(remaining, 1.0))
+            budget = await svc.wakeups.waiters.wait(min(remaining, RECHECK_SECONDS))
 
 (``hold()`` is the same for a block that waits from its first line.) The retry delay is spread
 (``retry_after`` to twice that) so refused workers do not come back in step. Refusals are logged as

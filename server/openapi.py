@@ -98,7 +98,7 @@ def _operation(spec: RouteSpec, refs: Refs) -> dict[str, Any]:
 
 
 # Path parameters read with routes/base.py's path_uid, which answers 404 to anything but a uid.
-UID_PATH_PARAMS = frozenset({"uid", "job", "data"})
+UID_PATH_PARAMS = frozenset({"uid", "job", "data", "attempt"})
 SERIAL_PATTERN = "^[0-9a-fA-F:]{1,59}$"
 
 

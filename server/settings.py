@@ -19,6 +19,7 @@ DEFAULT_PAGE = 100
 MAX_PAGE = 1000
 MAX_JSON_BYTES = 1 << 20
 DEFAULT_TICKET_TTL = 300.0
+DEFAULT_HEARTBEATS_PER_SECOND = 200.0  # 10,000 idle hosts: a heartbeat each every 50 s
 # Connection handling (server/listener.py, server/connguard.py). The client keeps idle pooled
 # connections 15 s (aiohttp's default), so the server's idle timeout must be longer: the client then
 # always drops an idle connection first and never sends a request on one the server is closing.
@@ -52,6 +53,8 @@ class ServerSettings:
     relays: str = ""  # comma-separated host:port of the relay processes (xwrelay); "" = no tunnels
     relay_host_key: str = ""  # path of the relays' OpenSSH public host key file, read per ticket
     ticket_ttl: float = DEFAULT_TICKET_TTL  # seconds a relay ticket stays valid
+    # heartbeats one process wants per second at most: the alive period grows with the fleet to keep it
+    heartbeats_per_second: float = DEFAULT_HEARTBEATS_PER_SECOND
     max_connections: int = DEFAULT_MAX_CONNECTIONS  # open connections at most; 0 = derive
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
     header_timeout: float = DEFAULT_HEADER_TIMEOUT
@@ -125,6 +128,7 @@ _ENV = {
     "XW_RELAYS": "relays",
     "XW_RELAY_HOST_KEY": "relay_host_key",
     "XW_TICKET_TTL": "ticket_ttl",
+    "XW_HEARTBEATS_PER_SECOND": "heartbeats_per_second",
     "XW_MAX_CONNECTIONS": "max_connections",
     "XW_HANDSHAKE_TIMEOUT": "handshake_timeout",
     "XW_HEADER_TIMEOUT": "header_timeout",
@@ -165,7 +169,14 @@ def load_settings(home: Path, **overrides: Any) -> ServerSettings:
     for key in ("relays", "relay_host_key"):
         if key in values:
             values[key] = str(values[key])
-    for key in ("alive_period", "alive_timeout", "longpoll", "ticket_ttl", *_TIMEOUTS):
+    for key in (
+        "alive_period",
+        "alive_timeout",
+        "longpoll",
+        "ticket_ttl",
+        "heartbeats_per_second",
+        *_TIMEOUTS,
+    ):
         if key in values:
             values[key] = float(values[key])
     if "listener" in values and values["listener"] not in LISTENERS:

@@ -8,11 +8,14 @@ from dataclasses import dataclass, field
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from server.authcache import AuthCache
 from server.authz import Actor
 from server.certificates import CrlCache
-from server.dispatch import Dispatcher
 from server.longpoll import LongPollBudget
 from server.pki import CA
+from server.scheduler.heartbeat import Liveness, alive_period
+from server.scheduler.matching import HostView
+from server.scheduler.wakeup import Wakeups
 from server.settings import DEFAULT_MAX_LONGPOLLS, ServerSettings
 from server.store import DataStore
 from server.throttle import LoginThrottle, PasswordGate
@@ -29,11 +32,23 @@ class Services:
     signer: TokenSigner
     ca: CA
     store: DataStore
-    dispatcher: Dispatcher
+    wakeups: Wakeups = field(default_factory=Wakeups)
+    liveness: Liveness = field(default_factory=Liveness)
+    auth: AuthCache = field(default_factory=AuthCache)
     throttle: LoginThrottle = field(default_factory=LoginThrottle)
     passwords: PasswordGate = field(default_factory=lambda: PasswordGate(password_slots(), 64))
     crl: CrlCache = field(default_factory=CrlCache)
     longpolls: LongPollBudget = field(default_factory=lambda: LongPollBudget(DEFAULT_MAX_LONGPOLLS))
+
+    def alive_period(self) -> float:
+        """The heartbeat period to ask of workers: stretched as the fleet this process hears grows."""
+        s = self.settings
+        fleet = self.liveness.fleet(max(s.alive_timeout, 600.0))
+        return alive_period(s.alive_period, fleet, s.heartbeats_per_second)
+
+    def alive_timeout(self) -> float:
+        """Silence after which a host is lost: at least three periods as asked now."""
+        return max(self.settings.alive_timeout, 3 * self.alive_period())
 
 
 def password_slots() -> int:
@@ -43,6 +58,7 @@ def password_slots() -> int:
 
 SERVICES = web.AppKey("services", Services)
 ACTOR_KEY = web.RequestKey("actor", Actor)
+HOST_KEY = web.RequestKey("host", HostView)  # the host a host credential speaks for
 
 
 def services(request: web.Request) -> Services:

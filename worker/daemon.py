@@ -26,11 +26,21 @@ from client.api import XWClient
 from common import __version__
 from common.enums import CPU, OS, AppType
 from common.errors import Conflict, NotFound, TooManyRequests, TransportError, Unauthorized, XWError
-from common.schemas import Assignment, Enrolment, FileRef, Heartbeat, HostIn, JobReport, JobUsage
+from common.schemas import (
+    INLINE_RESULT_BYTES,
+    Assignment,
+    Enrolment,
+    FileRef,
+    Heartbeat,
+    HostIn,
+    JobReport,
+    JobUsage,
+)
 from worker import identity
 from worker import state as st
 from worker.cache import FileCache
 from worker.execute import JobRun, JobSpec, Outcome
+from worker.outbox import Outbox
 from worker.sandbox import Limits, Sandbox
 from worker.tunnels import Tunnels
 
@@ -125,6 +135,8 @@ class Worker:
         self.credential_refused = False  # stopped because the server refused our host credential
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._free_slots = set(range(options.slots))  # each slot runs its jobs under a uid of its own
+        self.outbox = Outbox(client, lambda: self.host_uid, self.log)
 
     def stop(self, reason: str) -> None:
         """Stop now: running jobs are killed and given back to the server."""
@@ -145,8 +157,8 @@ class Worker:
         for pid in kill_leftovers(self.jobs_root):
             self.log.warning("killed process %d left over from a previous run of this worker", pid)
         await self._enrol()
-        loops = [self._heartbeat_loop(), self._tick_loop(), self._upload_retry_loop()]
-        loops += [self._slot_loop(i) for i in range(self.opt.slots)]
+        loops = [self._heartbeat_loop(), self._tick_loop(), self._upload_retry_loop(), self._claim_loop()]
+        loops += [self.outbox.run()]
         tasks = [asyncio.create_task(self._guard(c), name=getattr(c, "__qualname__", "loop")) for c in loops]
         try:
             await self._stop.wait()
@@ -232,10 +244,12 @@ class Worker:
 
     # --- loops ------------------------------------------------------------------------------------
 
-    async def _slot_loop(self, slot: int) -> None:
+    async def _claim_loop(self) -> None:
+        """Ask for as many jobs as there are free slots, in one long-poll, and start each one."""
         backoff = 1.0
         while not self._stop.is_set():
-            if self.state.free_slots() <= 0 or not in_window(time.localtime().tm_hour, self.opt.activation):
+            free = min(self.state.free_slots(), len(self._free_slots))
+            if free <= 0 or not in_window(time.localtime().tm_hour, self.opt.activation):
                 self._wake.clear()
                 # asyncio.timeout, not wait_for: in 3.11 wait_for can swallow a cancel when the event
                 # fires in the same loop iteration (Forget/Stop set it just before shutdown cancels us).
@@ -244,7 +258,7 @@ class Worker:
                         await self._wake.wait()
                 continue
             try:
-                assignment = await self.client.request_work(self.host_uid, self.opt.longpoll)
+                assignments = await self.client.claim_work(self.host_uid, self.opt.longpoll, free)
                 backoff = 1.0
             except TransportError as err:
                 self.log.warning("work request failed (%s); retrying in %.0f s", err.reason, backoff)
@@ -263,8 +277,16 @@ class Worker:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)
                 continue
-            if assignment is not None:
-                await self._run_job(assignment, slot)
+            for a in assignments:
+                self._start(a)
+
+    def _start(self, a: Assignment) -> None:
+        """Hold an attempt (counted against the free slots at once) and run it in a slot of its own."""
+        slot = min(self._free_slots) if self._free_slots else self.opt.slots + len(self.held)
+        self._free_slots.discard(slot)
+        self.held[a.attempt] = _Held(a)
+        self._apply(self.state.handle(st.Assigned(a.attempt)))
+        self._spawn(self._run_job(a, slot))
 
     async def _heartbeat_loop(self) -> None:
         while not self._stop.is_set():
@@ -277,7 +299,7 @@ class Worker:
                 net_in, net_out = tunnels.traffic() if tunnels else (0, 0)
                 usage.append(
                     JobUsage(
-                        job=uid,
+                        attempt=uid,
                         cpu_seconds=cpu,
                         max_rss=rss,
                         wall_seconds=wall,
@@ -317,11 +339,10 @@ class Worker:
         uid = SLOT_UID_BASE + (os.getpid() % SLOT_UID_PROCESSES) * SLOT_UID_STRIDE + slot
         return dataclasses.replace(box, job_uid=uid, job_gid=uid)
 
-    async def _run_job(self, a: Assignment, slot: int = 0) -> None:
-        uid = a.job.uid
-        log = HostAdapter(logger, {"host": self.opt.name, "job": uid[:8]})
-        self.held[uid] = held = _Held(a)
-        self._apply(self.state.handle(st.Assigned(uid)))
+    async def _run_job(self, a: Assignment, slot: int) -> None:
+        uid = a.attempt
+        log = HostAdapter(logger, {"host": self.opt.name, "job": a.job.uid[:8]})
+        held = self.held[uid]
         try:
             spec = await self._prepare(a, held)
             held.run = run = JobRun(spec, self.jobs_root, self._sandbox_for(slot))
@@ -345,6 +366,9 @@ class Worker:
         finally:
             for sha in held.pinned:
                 self.cache.unpin(sha)
+            if slot < self.opt.slots:
+                self._free_slots.add(slot)
+                self._wake.set()
         killed = outcome.status == "killed"
         ok = outcome.status == "exited"
         log.info("ended: %s%s", outcome.status, f" ({outcome.reason})" if outcome.reason else "")
@@ -362,7 +386,7 @@ class Worker:
     async def _prepare(self, a: Assignment, held: _Held) -> JobSpec:
         async def get(ref: FileRef) -> Path:
             async def download(tmp: Path) -> None:
-                await self.client.fetch_job_file(self.host_uid, a.job.uid, ref.uid, tmp)
+                await self.client.fetch_job_file(self.host_uid, a.attempt, ref.uid, tmp)
 
             self.cache.pin(ref.sha256)  # before fetching: a fetched file must never be evicted before use
             held.pinned.append(ref.sha256)
@@ -383,6 +407,7 @@ class Worker:
         )
         return JobSpec(
             job_uid=a.job.uid,
+            run_id=a.attempt,
             label=a.job.label,
             executable=executable,
             exe_name=a.app_name,
@@ -431,9 +456,14 @@ class Worker:
         if held is None or held.outcome is None or held.outcome.return_code is None:
             return
         try:
-            await self.client.upload_result(
-                self.host_uid, job, held.outcome.results, held.outcome.return_code
-            )
+            size = held.outcome.results.stat().st_size
+            if size <= INLINE_RESULT_BYTES:
+                # small: rides along with other finished attempts' results in one request
+                await self.outbox.send(job, held.outcome.results, held.outcome.return_code)
+            else:
+                await self.client.upload_result(
+                    self.host_uid, job, held.outcome.results, held.outcome.return_code
+                )
         except (NotFound, Conflict) as err:
             self.log.info("results of %s not wanted any more: %s", job[:8], err.reason)
             self._apply(self.state.handle(st.UploadFailed(job, gone=True)))

@@ -50,6 +50,12 @@ class JobSpec:
     max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES
     listen_ports: list[int] = field(default_factory=list)  # the job serves these (reached via open_listen)
     forward_ports: list[int] = field(default_factory=list)  # the job connects to 127.0.0.1:<port>
+    # this run of the job (its attempt): names its directory, so two runs of one job never share one
+    run_id: str = ""
+
+    @property
+    def run(self) -> str:
+        return self.run_id or self.job_uid
 
 
 @dataclass
@@ -97,7 +103,7 @@ class JobRun(JobPorts):
     def __init__(self, spec: JobSpec, jobs_root: Path, sandbox: Sandbox) -> None:
         self.spec = spec
         self.sandbox = sandbox
-        self.dir = jobs_root / safe_name(spec.job_uid)
+        self.dir = jobs_root / safe_name(spec.run)
         self.bin_dir = self.dir / "bin"
         self.exe_path = self.bin_dir / safe_name(spec.exe_name)
         self.scratch = self.dir / "scratch"
@@ -208,6 +214,7 @@ class JobRun(JobPorts):
         }
         env.update(self.spec.env)
         env.update(XWJOBUID=self.spec.job_uid, XWSCRATCHPATH=str(self.scratch), XWBINPATH=str(self.exe_path))
+        env["XWATTEMPTUID"] = self.spec.run
         return env
 
     def _spawn(self) -> int:
@@ -309,7 +316,7 @@ class JobRun(JobPorts):
             try:
                 if uid is not None and p.info["uids"].real != uid:
                     continue
-                if p.pid != os.getpid() and p.environ().get("XWJOBUID") == self.spec.job_uid:
+                if p.pid != os.getpid() and p.environ().get("XWATTEMPTUID") == self.spec.run:
                     self._procs.seen.setdefault(p.pid, p)
             except psutil.Error:
                 continue

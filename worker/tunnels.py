@@ -53,8 +53,8 @@ class Tunnels:
         self.links: dict[str, RelayLink] = {}
         self.jobs: dict[str, JobTunnels] = {}
 
-    async def _fresh(self, job: str) -> TunnelTicket:
-        return await self.client.host_tunnels(self.host_uid, job)
+    async def _fresh(self, attempt: str) -> TunnelTicket:
+        return await self.client.host_tunnels(self.host_uid, attempt)
 
     async def _link_ticket(self, relay: str) -> Ticket:
         """A ticket to (re)connect to ``relay``: borrowed from any job of ours that uses it."""
@@ -72,7 +72,7 @@ class Tunnels:
             return None
         if not await run.wait_bridges(BRIDGE_WAIT):
             raise TransportError("the job's port bridge did not come up")
-        ticket = await self._fresh(job.uid)
+        ticket = await self._fresh(a.attempt)
         link = self.links.get(ticket.relay)
         if link is None:
             relay = ticket.relay
@@ -85,10 +85,10 @@ class Tunnels:
             link = RelayLink(source, label=f"worker->{relay}")
             await link.start()
             self.links[relay] = link
-        tunnels = self.jobs[job.uid] = JobTunnels(link)
+        tunnels = self.jobs[a.attempt] = JobTunnels(link)
 
         async def grant() -> str:
-            return (await self._fresh(job.uid)).ticket
+            return (await self._fresh(a.attempt)).ticket
 
         for reason in ticket.refused:
             logger.warning("[job=%s] forward address refused by the server: %s", job.uid[:8], reason)

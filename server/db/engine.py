@@ -42,9 +42,12 @@ def make_engine(url: str) -> AsyncEngine:
     return create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
 
 
-def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    """Sessions that keep loaded attributes after commit."""
-    return async_sessionmaker(engine, expire_on_commit=False)
+def make_sessionmaker(
+    engine: AsyncEngine, info: dict[str, Any] | None = None
+) -> async_sessionmaker[AsyncSession]:
+    """Sessions that keep loaded attributes after commit; ``info`` is shared by every session made
+    (the job status observers live there, see server/scheduler/writer.py)."""
+    return async_sessionmaker(engine, expire_on_commit=False, info=info if info is not None else {})
 
 
 def alembic_config(url: str) -> Config:

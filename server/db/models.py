@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from sqlalchemy import (
     JSON,
@@ -14,7 +14,9 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
+    Table,
     Text,
     TypeDecorator,
 )
@@ -91,6 +93,8 @@ class Blob(Base):
     sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
     size: Mapped[int] = mapped_column(BigInteger)
     refcount: Mapped[int] = mapped_column(Integer, default=0)
+    # Small contents (results of a few KiB) live in the row: no file, no fsync, one transaction.
+    inline: Mapped[bytes | None] = mapped_column(LargeBinary)
 
 
 class Data(OwnedMixin, Base):
@@ -138,6 +142,8 @@ class Job(OwnedMixin, Base):
     return_code: Mapped[int | None] = mapped_column(Integer)
     result_uid: Mapped[str | None] = mapped_column(UID)
     host_uid: Mapped[str | None] = mapped_column(UID, index=True)
+    # The current run (server/scheduler): set by a claim, cleared when the job goes back to the queue.
+    attempt_uid: Mapped[str | None] = mapped_column(UID, index=True)
     started: Mapped[datetime | None] = mapped_column()
     completed: Mapped[datetime | None] = mapped_column()
     # Platforms the job can run on: "*" (script app) or "|OS/CPU|OS/CPU|" from the app's binaries.
@@ -149,6 +155,27 @@ class Job(OwnedMixin, Base):
     net_out: Mapped[int] = mapped_column(BigInteger, default=0)  # bytes out of it
 
     __table_args__ = (Index("ix_jobs_status_created", "status", "created"),)
+
+
+class Attempt(Base):
+    """One run of a job on one host: a claim creates it; heartbeats, files, tunnels, kill orders and the
+    result name it, so a late report of an old run can never touch the job's current one."""
+
+    __tablename__ = "attempts"
+
+    uid: Mapped[str] = mapped_column(UID, primary_key=True)
+    job_uid: Mapped[str] = mapped_column(UID, index=True)
+    host_uid: Mapped[str] = mapped_column(UID, index=True)
+    state: Mapped[str] = mapped_column(String(16))  # common.enums.AttemptState
+    started: Mapped[datetime] = mapped_column(default=utcnow)
+    ended: Mapped[datetime | None] = mapped_column()
+    reason: Mapped[str | None] = mapped_column(String(1024))
+    return_code: Mapped[int | None] = mapped_column(Integer)
+    result_uid: Mapped[str | None] = mapped_column(UID)
+    cpu_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    max_rss: Mapped[int] = mapped_column(BigInteger, default=0)
+    net_in: Mapped[int] = mapped_column(BigInteger, default=0)
+    net_out: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class JobRef(Base):
@@ -239,3 +266,8 @@ OWNED_MODELS: dict[str, type[OwnedMixin]] = {
     "host": Host,
     "proxy": Proxy,
 }
+
+
+def table_of(model: type[Base]) -> Table:
+    """A model's Table, for Core statements (executemany UPDATEs keyed on other columns than the key)."""
+    return cast(Table, model.__table__)

@@ -16,10 +16,11 @@ from server.authz import Actor, can_administer, default_rights, require, require
 from server.db.models import App, Data, Job
 from server.events import record
 from server.http import Routes, read_body, reply
-from server.matching import platforms_of
 from server.query import OWNER, name_filter
-from server.routes.base import load, owned, paged, path_uid, rights_for
+from server.routes.base import load, paged, path_uid, rights_for
+from server.scheduler.matching import platforms_of
 from server.state import actor_of, services
+from server.views import owned
 
 routes = Routes("apps")
 NAME = name_filter("name", "exact name")

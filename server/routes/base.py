@@ -8,13 +8,15 @@ from aiohttp import web
 from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from common.errors import NotFound, ValidationFailed
-from common.rights import Perm, format_mode, parse_mode
+from common.errors import Forbidden, NotFound, ValidationFailed
+from common.rights import Perm, parse_mode
 from common.uri import is_uid
 from server.authz import Actor, require, visible
 from server.db.models import OwnedMixin, User
 from server.http import page_params
 from server.query import OWNER
+from server.scheduler.matching import HostView
+from server.state import HOST_KEY, actor_of
 
 T = TypeVar("T", bound=OwnedMixin)
 
@@ -34,18 +36,6 @@ async def load(session: AsyncSession, model: type[T], uid: str, actor: Actor, pe
         raise NotFound(f"no {what} {uid}")
     require(actor, obj, perm, what)
     return obj
-
-
-def owned(obj: OwnedMixin) -> dict[str, Any]:
-    """The fields every owned object shows."""
-    return {
-        "uid": obj.uid,
-        "owner": obj.owner_uid,
-        "group": obj.group_uid,
-        "access_rights": format_mode(obj.access_rights),
-        "created": obj.created,
-        "modified": obj.modified,
-    }
 
 
 def rights_for(requested: str | None, default: int) -> int:
@@ -74,3 +64,17 @@ async def paged(
     total = (await session.execute(select(func.count()).select_from(stmt.subquery()))).scalar_one()
     rows = (await session.execute(stmt.order_by(order).offset(offset).limit(limit))).scalars().all()
     return list(rows), int(total), offset, limit
+
+
+def host_of(request: web.Request) -> HostView:
+    """The host a worker-protocol route is about, if the requester speaks with that host's own
+    credential (authentication put the host's snapshot on the request); Forbidden otherwise."""
+    actor = actor_of(request)
+    hid = path_uid(request)
+    if actor.host_uid is None:
+        raise Forbidden(
+            f"host routes need host {hid}'s own credential (from its enrolment), not an account's"
+        )
+    if actor.host_uid != hid:
+        raise Forbidden(f"this credential is host {actor.host_uid}'s, not host {hid}'s")
+    return request[HOST_KEY]

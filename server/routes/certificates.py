@@ -91,6 +91,8 @@ async def revoke_certificate(request: web.Request) -> web.Response:
                 session, actor, "user", owner, "revoke-certificate", reason=f"{serial}: {row.revoke_reason}"
             )
     svc.crl.invalidate()
+    if owner is not None:
+        svc.auth.forget_user(owner.uid)
     return reply(certificate_out(row))
 
 

@@ -3,23 +3,26 @@
 from __future__ import annotations
 
 from aiohttp import web
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from common.enums import CPU, OS, DataStatus, JobStatus
+from common.enums import CPU, OS, DataStatus
 from common.errors import Conflict, ValidationFailed
-from common.jobstates import FINAL, Trigger, advance
+from common.jobstates import FINAL
 from common.rights import Perm
 from common.schemas import DataIn, DataOut, Page
 from common.uri import new_uid
+from server import blobs
 from server.authz import Actor, default_rights, require, require_may_insert, require_may_list
 from server.db.models import Blob, Data, Job, JobRef
 from server.events import record
 from server.http import Routes, read_body, reply
 from server.query import OWNER, name_filter
-from server.routes.base import load, owned, paged, path_uid, rights_for
-from server.state import actor_of, services
+from server.routes.base import load, paged, path_uid, rights_for
+from server.scheduler import lifecycle
+from server.state import Services, actor_of, services
 from server.store import DataStore, Ingested
+from server.views import owned
 
 routes = Routes("data")
 NAME = name_filter("name", "exact name")
@@ -131,10 +134,9 @@ async def put_content(request: web.Request) -> web.Response:
                     to_status=data.status,
                     reason=f"{item.size} bytes sha256 {item.sha256}",
                 )
-                await _release_waiting_jobs(session, actor, data)
+                await lifecycle.inputs_arrived(session, actor, data)
         finally:
             svc.store.discard(item)
-    svc.dispatcher.notify()  # jobs waiting for this input may have become PENDING
     return reply(data_out(data))
 
 
@@ -144,41 +146,9 @@ async def attach(session: AsyncSession, store: DataStore, data: Data, item: Inge
     The caller holds ``store.lock(item.sha256)`` and discards ``item`` afterwards; the file is placed
     inside the transaction that makes the data AVAILABLE.
     """
-    blob = await session.get(Blob, item.sha256, with_for_update=True)
-    if blob is None:
-        session.add(Blob(sha256=item.sha256, size=item.size, refcount=1))
-    else:
-        blob.refcount += 1
+    await blobs.ref(session, item.sha256, item.size)
     store.place(item)
     data.sha256, data.size, data.status = item.sha256, item.size, DataStatus.AVAILABLE.value
-
-
-async def _release_waiting_jobs(session: AsyncSession, actor: Actor, data: Data) -> None:
-    """Jobs waiting for inputs become PENDING once all of them are available (whoever owns them)."""
-    waiting = select(Job).join(JobRef, JobRef.job_uid == Job.uid)
-    waiting = waiting.where(JobRef.data_uid == data.uid, Job.status == JobStatus.UNAVAILABLE.value)
-    for job in (await session.execute(waiting)).scalars().all():
-        missing = (
-            select(func.count())
-            .select_from(JobRef)
-            .outerjoin(Data, Data.uid == JobRef.data_uid)
-            .where(JobRef.job_uid == job.uid)
-            .where(or_(Data.uid.is_(None), Data.status != DataStatus.AVAILABLE.value))
-        )
-        if (await session.execute(missing)).scalar_one():
-            continue
-        step = advance(JobStatus.UNAVAILABLE, Trigger.INPUTS_READY)
-        job.status = step.status.value
-        record(
-            session,
-            actor,
-            "work",
-            job,
-            "inputs_ready",
-            from_status=JobStatus.UNAVAILABLE.value,
-            to_status=job.status,
-            reason=f"input {data.uid} uploaded",
-        )
 
 
 @routes.add(
@@ -190,18 +160,19 @@ async def get_content(request: web.Request) -> web.StreamResponse:
         data = await load(session, Data, path_uid(request), actor_of(request), Perm.READ, "data")
     if data.status != DataStatus.AVAILABLE.value or data.sha256 is None:
         raise Conflict(f"data {data.uid} has no content yet (status {data.status})")
+    headers = {
+        "Content-Type": OCTET,
+        "X-Content-SHA256": data.sha256,
+        "Content-Disposition": f'attachment; filename="{data.name}"',
+    }
+    async with svc.sessions() as session:
+        inline = (await session.execute(select(Blob.inline).where(Blob.sha256 == data.sha256))).scalar()
+    if inline is not None:  # a small content kept in its blob row
+        return web.Response(body=inline, headers=headers)
     path = svc.store.path(data.sha256)
     if not path.exists():
         raise ValidationFailed(f"content of data {data.uid} is missing from the store")
-    return web.FileResponse(
-        path,
-        chunk_size=256 * 1024,
-        headers={
-            "Content-Type": OCTET,
-            "X-Content-SHA256": data.sha256,
-            "Content-Disposition": f'attachment; filename="{data.name}"',
-        },
-    )
+    return web.FileResponse(path, chunk_size=256 * 1024, headers=headers)
 
 
 async def delete_data_in(session: AsyncSession, actor: Actor, data: Data) -> str | None:
@@ -218,12 +189,8 @@ async def delete_data_in(session: AsyncSession, actor: Actor, data: Data) -> str
     await session.flush()
     if sha is None:
         return None
-    await session.execute(update(Blob).where(Blob.sha256 == sha).values(refcount=Blob.refcount - 1))
-    blob = await session.get(Blob, sha, populate_existing=True)
-    if blob is not None and blob.refcount <= 0:
-        await session.delete(blob)
-        return sha
-    return None
+    await blobs.unref(session, sha)
+    return sha
 
 
 @routes.add("DELETE", "/data/{uid}", summary="Delete a data object", status=204)
@@ -234,8 +201,11 @@ async def delete_data(request: web.Request) -> web.Response:
         data = await load(session, Data, path_uid(request), actor, Perm.READ, "data")
         gone = await delete_data_in(session, actor, data)
     if gone is not None:
-        async with svc.store.lock(gone):
-            async with svc.sessions() as session:
-                if await session.get(Blob, gone) is None:
-                    svc.store.delete(gone)
+        await collect_now(svc, gone)
     return web.Response(status=204)
+
+
+async def collect_now(svc: Services, sha: str) -> None:
+    """Free a content nobody references any more right away (the reaper collects what this misses)."""
+    async with svc.store.lock(sha), svc.sessions() as session, session.begin():
+        await blobs.collect(session, svc.store, [sha])

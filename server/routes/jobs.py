@@ -7,20 +7,20 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from common.enums import AppType, DataStatus, JobStatus
-from common.errors import Conflict, ValidationFailed
-from common.jobstates import Trigger
+from common.errors import NotFound, ValidationFailed
 from common.rights import Perm
-from common.schemas import JOB_ADDRESS, ForwardAddress, HoldIn, JobIn, JobOut, Page, tunnel_name
+from common.schemas import HoldIn, JobIn, JobOut, Page
 from common.uri import new_uid
 from server.authz import Actor, default_rights, require, require_may_insert, require_may_list
 from server.db.models import App, Data, Job, JobRef, utcnow
 from server.events import record
 from server.http import Routes, read_body, reply
-from server.jobflow import move
-from server.matching import platforms_of
 from server.query import OWNER, QueryParam, name_filter, uid_filter
-from server.routes.base import load, owned, paged, path_uid, rights_for
+from server.routes.base import load, paged, path_uid, rights_for
+from server.scheduler import lifecycle
+from server.scheduler.matching import platforms_of
 from server.state import actor_of, services
+from server.views import job_out
 
 routes = Routes("jobs")
 # status is matched in any case (xwworks --status pending), the document lists the canonical spelling
@@ -28,45 +28,6 @@ STATUS = QueryParam("status", description="job status", max_length=16, enum=tupl
 LABEL = name_filter("label", "exact label")
 GROUP = name_filter("group", "job group")
 APP = uid_filter("app", "application uid")
-
-
-def job_out(j: Job) -> JobOut:
-    return JobOut(
-        **owned(j),
-        app=j.app_uid,
-        args=j.args,
-        env=list(j.env),
-        stdin=j.stdin_uid,
-        inputs=list(j.inputs),
-        label=j.label,
-        job_group=j.job_group,
-        expected_host=j.expected_host,
-        wallclock=j.wallclock,
-        max_retries=j.max_retries,
-        retry=j.retry,
-        listen_ports=list(j.listen_ports),
-        forward_addresses=[ForwardAddress(**f) for f in j.forward_addresses],
-        status=JobStatus(j.status),
-        status_reason=j.status_reason,
-        return_code=j.return_code,
-        result=j.result_uid,
-        host=j.host_uid,
-        started=j.started,
-        completed=j.completed,
-        memory=j.memory,
-        cpu_seconds=j.cpu_seconds,
-        max_rss=j.max_rss,
-        proxy_addresses=proxy_addresses(j),
-        net_in=j.net_in or 0,
-        net_out=j.net_out or 0,
-    )
-
-
-def proxy_addresses(j: Job) -> list[str]:
-    """The relay addresses of a job's listen ports: ``job-<uid>-<port>`` while it runs, else none."""
-    if j.status != JobStatus.RUNNING.value:
-        return []
-    return [tunnel_name(JOB_ADDRESS, j.uid, p) for p in j.listen_ports]
 
 
 @routes.add(
@@ -155,7 +116,7 @@ async def submit(request: web.Request) -> web.Response:
         session.add_all(JobRef(job_uid=job.uid, data_uid=uid) for uid in dict.fromkeys(refs))
         record(session, actor, "work", job, "submit", to_status=status.value, reason=f"app {app.name}")
     if status is JobStatus.PENDING:
-        svc.dispatcher.notify()
+        svc.wakeups.jobs_pending(1)
     return reply(job_out(job), status=201)
 
 
@@ -167,10 +128,9 @@ async def get_job(request: web.Request) -> web.Response:
 
 
 async def delete_job_in(session: AsyncSession, actor: Actor, job: Job) -> None:
-    """Delete a job in any state (a running one is killed by its worker at its next heartbeat)."""
+    """Delete a job in any state (a running one is killed by its host at its next heartbeat)."""
     require(actor, job, Perm.WRITE, "job")
-    record(session, actor, "work", job, "delete", from_status=job.status, reason="deleted by " + actor.login)
-    await session.delete(job)
+    await lifecycle.delete_job(session, job, actor)
 
 
 @routes.add("DELETE", "/jobs/{uid}", summary="Delete a job", status=204)
@@ -189,29 +149,29 @@ async def hold(request: web.Request) -> web.Response:
     svc = services(request)
     actor = actor_of(request)
     body = await read_body(request, HoldIn, svc.settings.max_json_bytes)
+    uid = path_uid(request)
     async with svc.sessions() as session, session.begin():
-        job = await load(session, Job, path_uid(request), actor, Perm.READ, "job")
+        job = await load(session, Job, uid, actor, Perm.READ, "job")
         require(actor, job, Perm.WRITE, "job")
-        move(
-            session,
-            actor,
-            job,
-            Trigger.HOLD,
-            f"held by {actor.login}" + (f": {body.reason}" if body.reason else ""),
-        )
-    return reply(job_out(job))
+        await lifecycle.hold(session, job, actor, body.reason)
+    return reply(await _reloaded(request, uid))
 
 
 @routes.add("POST", "/jobs/{uid}/release", summary="Release a held job back to PENDING", response=JobOut)
 async def release(request: web.Request) -> web.Response:
     svc = services(request)
     actor = actor_of(request)
+    uid = path_uid(request)
     async with svc.sessions() as session, session.begin():
-        job = await load(session, Job, path_uid(request), actor, Perm.READ, "job")
+        job = await load(session, Job, uid, actor, Perm.READ, "job")
         require(actor, job, Perm.WRITE, "job")
-        refs = [*job.inputs, *job.env, *([job.stdin_uid] if job.stdin_uid else [])]
-        if job.status == JobStatus.WAITING.value and not await _inputs_available(session, actor, refs):
-            raise Conflict(f"job {job.uid} still waits for input data; upload it, then release")
-        move(session, actor, job, Trigger.RELEASE, f"released by {actor.login}")
-    svc.dispatcher.notify()
-    return reply(job_out(job))
+        await lifecycle.release(session, job, actor)
+    return reply(await _reloaded(request, uid))
+
+
+async def _reloaded(request: web.Request, uid: str) -> JobOut:
+    async with services(request).sessions() as session:
+        job = await session.get(Job, uid)
+    if job is None:
+        raise NotFound(f"job {uid} was deleted meanwhile")
+    return job_out(job)

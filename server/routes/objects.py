@@ -17,7 +17,7 @@ from server.http import Routes, page_params, read_body, reply
 from server.query import integer_range, uid_filter
 from server.routes.apps import delete_app_in
 from server.routes.base import path_uid
-from server.routes.data import delete_data_in
+from server.routes.data import collect_now, delete_data_in
 from server.routes.hosts import delete_host_in
 from server.routes.jobs import delete_job_in
 from server.routes.users import delete_group_in, delete_user_in
@@ -80,7 +80,6 @@ async def remove(request: web.Request) -> web.Response:
     svc = services(request)
     actor = actor_of(request)
     gone = None
-    requeued = 0
     async with svc.sessions() as session, session.begin():
         kind, obj = await find(session, actor, path_uid(request))
         if isinstance(obj, Job):
@@ -94,18 +93,18 @@ async def remove(request: web.Request) -> web.Response:
         elif isinstance(obj, User):
             await delete_user_in(session, actor, obj)
         elif isinstance(obj, Host):
-            requeued = await delete_host_in(session, actor, obj)
+            await delete_host_in(session, actor, obj)
         else:
             require(actor, obj, Perm.WRITE, kind)
             record(session, actor, kind, obj, "delete")
             await session.delete(obj)
     if gone is not None:
-        async with svc.store.lock(gone):
-            svc.store.delete(gone)
-    if requeued:
-        svc.dispatcher.notify()
+        await collect_now(svc, gone)
     if kind == "user":
         svc.crl.invalidate()
+        svc.auth.forget_user(obj.uid)
+    if kind == "host":
+        svc.auth.forget_host(obj.uid)
     return web.Response(status=204)
 
 

@@ -38,10 +38,10 @@ from server.db.models import Job, Proxy, User
 from server.events import record
 from server.http import Routes, read_body, reply
 from server.query import OWNER, integer_range
-from server.routes.base import load, owned, paged, path_uid
-from server.routes.hosts import _job_on, this_host
+from server.routes.base import host_of, load, paged, path_uid
 from server.settings import ServerSettings
 from server.state import Services, actor_of, services
+from server.views import owned
 
 routes = Routes("tunnels")
 PORT = integer_range("port", "one of the job's listen ports", low=1, high=65535, required=True)
@@ -134,17 +134,21 @@ async def _forward_target(session: AsyncSession, owner: Actor | None, address: s
 
 @routes.add(
     "POST",
-    "/hosts/{uid}/jobs/{job}/tunnels",
-    summary="Relay ticket for the worker running a job: publish its listen ports, reach its forwards",
+    "/hosts/{uid}/attempts/{attempt}/tunnels",
+    summary="Relay ticket for an attempt's host: publish its job's listen ports, reach its forwards",
     response=TunnelTicket,
 )
 @host_allowed
 async def host_tunnels(request: web.Request) -> web.Response:
     svc = services(request)
     actor = actor_of(request)
+    host = host_of(request)
+    attempt = path_uid(request, "attempt")
     async with svc.sessions() as session:
-        host = await this_host(session, actor, path_uid(request))
-        job = await _job_on(session, host, path_uid(request, "job"))
+        stmt = select(Job).where(Job.attempt_uid == attempt, Job.host_uid == host.uid)
+        job = (await session.execute(stmt)).scalar_one_or_none()
+        if job is None:
+            raise Conflict(f"attempt {attempt} is not a current attempt of this host: no tunnels")
         if job.status != JobStatus.RUNNING.value:
             raise Conflict(f"job {job.uid} is {job.status}, not RUNNING: no tunnels")
         _require_relay(svc)

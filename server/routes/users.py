@@ -21,8 +21,9 @@ from server.events import record
 from server.http import Routes, read_body, reply
 from server.passwords import hash_password, verify_password
 from server.query import OWNER, name_filter
-from server.routes.base import load, owned, paged, path_uid, rights_for
+from server.routes.base import load, paged, path_uid, rights_for
 from server.state import actor_of, services
+from server.views import owned
 
 routes = Routes("users")
 
@@ -147,6 +148,7 @@ async def patch_user(request: web.Request) -> web.Response:
         record(session, actor, "user", user, "update", reason=", ".join(changed) or "nothing")
     if body.cert_subject is not None:
         svc.crl.invalidate()
+    svc.auth.forget_user(user.uid)
     return reply(user_out(user))
 
 
@@ -191,6 +193,7 @@ async def delete_user(request: web.Request) -> web.Response:
         user = await load(session, User, path_uid(request), actor, Perm.READ, "user")
         await delete_user_in(session, actor, user)
     services(request).crl.invalidate()
+    services(request).auth.forget_user(user.uid)
     return web.Response(status=204)
 
 

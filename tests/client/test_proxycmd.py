@@ -149,6 +149,7 @@ class Worker:
         self.admin: XWClient = grid.admin
         self.host = ""
         self.links: list[RelayLink] = []
+        self.attempts: dict[str, str] = {}  # job uid -> its attempt on our host
 
     async def enrol(self) -> Worker:
         self.host = (await self.admin.enrol(HostIn(name="h1", os="LINUX", cpu="AMD64"))).host.uid
@@ -157,13 +158,14 @@ class Worker:
     async def run(self, job: JobOut) -> None:
         assignment = await self.admin.request_work(self.host, wait=1)
         assert assignment is not None and assignment.job.uid == job.uid
+        self.attempts[job.uid] = assignment.attempt
         assert (await self.admin.get_job(job.uid)).status.value == "RUNNING"
 
     async def link(self, job: JobOut) -> RelayLink:
-        """The job's relay link, with tickets from POST /hosts/{h}/jobs/{j}/tunnels."""
+        """The job's relay link, with tickets from POST /hosts/{h}/attempts/{a}/tunnels."""
 
         async def fresh() -> TunnelTicket:
-            t = await self.admin.host_tunnels(self.host, job.uid)
+            t = await self.admin.host_tunnels(self.host, self.attempts[job.uid])
             assert t.refused == [], t.refused
             return t
 
@@ -178,7 +180,7 @@ class Worker:
         return link
 
     async def grant(self, job: JobOut) -> str:
-        return (await self.admin.host_tunnels(self.host, job.uid)).ticket
+        return (await self.admin.host_tunnels(self.host, self.attempts[job.uid])).ticket
 
     async def aclose(self) -> None:
         await asyncio.gather(*(link.aclose() for link in self.links))

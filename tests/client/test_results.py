@@ -187,6 +187,7 @@ class Worker:
         self.admin, self.owner, self.tmp = grid.admin, owner, tmp_path
         self.host = ""
         self.app = ""
+        self.attempts: dict[str, str] = {}  # job uid -> its attempt on our host
 
     async def setup(self) -> None:
         self.host = (await self.admin.enrol(HostIn(name="h1", os="LINUX", cpu="AMD64"))).host.uid
@@ -200,12 +201,13 @@ class Worker:
         job = await self.owner.submit(JobIn(app=self.app, label=label))
         assignment = await self.admin.request_work(self.host, wait=1)
         assert assignment is not None and assignment.job.uid == job.uid
+        self.attempts[job.uid] = assignment.attempt
         return job  # type: ignore[no-any-return]
 
     async def complete(self, members: dict[str, bytes], label: str | None = None) -> JobOut:
         job = await self.claim(label)
         archive = make_zip(self.tmp / f"result-{job.uid}.zip", members)
-        await self.admin.upload_result(self.host, job.uid, archive, 0)
+        await self.admin.upload_result(self.host, self.attempts[job.uid], archive, 0)
         archive.unlink()
         return await self.owner.get_job(job.uid)  # type: ignore[no-any-return]
 
@@ -236,7 +238,9 @@ async def test_xwresults_downloads_unpacks_and_erases(grid, tmp_path, xw, user_c
     # no REF: all of the caller's COMPLETED and ERROR jobs; --xwnoerase and --xwkeepzip
     kept = await worker.complete({"r.txt": b"kept"})
     failed = await worker.claim()
-    await worker.admin.report(worker.host, failed.uid, JobReport(outcome="failed", reason="boom"))
+    await worker.admin.report(
+        worker.host, worker.attempts[failed.uid], JobReport(outcome="failed", reason="boom")
+    )
     pending = await api.submit(JobIn(app=worker.app))
     got = await xw(xwresults, alice, "--xwout", str(out), "--xwnoerase", "--xwkeepzip")
     archive = out / zip_name(kept.uid, None)

@@ -26,7 +26,8 @@ print("root:", "visible" if os.path.exists("/root/.bashrc") or os.path.isdir("/w
 
 SNOOP = """#!/bin/sh
 mine="$XWSCRATCHPATH"
-other=$(echo "$mine" | sed "s/$XWJOBUID/$1/")
+other=$(echo "$mine" | sed "s/$XWATTEMPTUID/$1/")
+[ "$other" = "$mine" ] && echo "the other job's path is not known"
 echo "secret" > secret.txt
 if cat "$other/secret.txt" 2>/dev/null; then echo "read other: yes"; else echo "read other: no"; fi
 sleep 4
@@ -62,11 +63,12 @@ async def test_job_cannot_read_another_jobs_scratch(local_grid) -> None:  # type
     alice = await lg.grid.add_user("alice")
     app = await lg.script_app(alice, "snoop", SNOOP)
     first = await alice.submit(JobIn(app=app, args="none", expected_host="w1"))
-    await lg.wait_job(alice, first.uid, {JobStatus.RUNNING})
-    second = await alice.submit(JobIn(app=app, args=first.uid, expected_host="w1"))
+    running = await lg.wait_job(alice, first.uid, {JobStatus.RUNNING})
+    assert running.attempt  # each run has a directory of its own, named after its attempt
+    second = await alice.submit(JobIn(app=app, args=running.attempt, expected_host="w1"))
     done = await lg.wait_job(alice, second.uid, FINAL)
     out = (await lg.results(alice, done))["stdout.txt"].decode()
-    assert "read other: no" in out, out
+    assert "read other: no" in out and "not known" not in out, out
     assert "secret" not in out.replace("secret.txt", "")
 
 

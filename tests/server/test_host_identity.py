@@ -47,6 +47,7 @@ class Volunteers:
 
     def __init__(self, grid: Any, a: XWClient, b: XWClient, account: XWClient, ha: str, hb: str) -> None:
         self.grid, self.a, self.b, self.account, self.ha, self.hb = grid, a, b, account, ha, hb
+        self.job = ""
 
     @classmethod
     async def enrol(cls, grid: Any) -> Volunteers:
@@ -61,7 +62,8 @@ class Volunteers:
 
 @pytest.fixture
 async def world(grid_factory: Any, tmp_path: Path) -> tuple[Volunteers, str, str]:
-    """Volunteers on a relay-configured grid, and a job of alice's claimed by host alpha."""
+    """Volunteers on a relay-configured grid, and a job of alice's claimed by host alpha:
+    (volunteers, the attempt, the input data uid)."""
     grid = await grid_factory(relays=RELAY)
     v = await Volunteers.enrol(grid)
     alice = await grid.add_user("alice")
@@ -69,61 +71,62 @@ async def world(grid_factory: Any, tmp_path: Path) -> tuple[Volunteers, str, str
     job = await alice.submit(JobIn(app=app, inputs=[data], listen_ports=[8080], access_rights="0700"))
     assignment = await v.a.request_work(v.ha, wait=2)
     assert assignment is not None and assignment.job.uid == job.uid
-    return v, job.uid, data
+    v.job = job.uid
+    return v, assignment.attempt, data
 
 
 async def test_the_host_itself_can_do_its_work(world: tuple[Volunteers, str, str], tmp_path: Path) -> None:
-    v, job, data = world
-    await v.a.fetch_job_file(v.ha, job, data, tmp_path / "got")
+    v, attempt, data = world
+    await v.a.fetch_job_file(v.ha, attempt, data, tmp_path / "got")
     assert (tmp_path / "got").read_text() == "secret input of the owner\n"
-    ticket = await v.a.host_tunnels(v.ha, job)
+    ticket = await v.a.host_tunnels(v.ha, attempt)
     assert claims(v.grid, ticket.ticket)["sub"] == v.ha  # the relay knows the host, not the shared account
-    beat = await v.a.heartbeat(v.ha, Heartbeat(running=[JobUsage(job=job)]))
+    beat = await v.a.heartbeat(v.ha, Heartbeat(running=[JobUsage(attempt=attempt)]))
     assert beat.kill == {}
 
 
 async def test_another_host_of_the_same_account_cannot_act_for_it(
     world: tuple[Volunteers, str, str], tmp_path: Path
 ) -> None:
-    v, job, data = world
+    v, attempt, data = world
     impostor = v.b
     impostor.use_host(v.ha, impostor.host_credential(v.hb) or "")  # its own credential on alpha's routes
     with pytest.raises(Forbidden, match=r"host .*'s, not host"):
-        await impostor.fetch_job_file(v.ha, job, data, tmp_path / "stolen")
+        await impostor.fetch_job_file(v.ha, attempt, data, tmp_path / "stolen")
     assert not (tmp_path / "stolen").exists() or (tmp_path / "stolen").read_bytes() == b""
     with pytest.raises(Forbidden):
-        await impostor.host_tunnels(v.ha, job)
+        await impostor.host_tunnels(v.ha, attempt)
     with pytest.raises(Forbidden):
-        await impostor.report(v.ha, job, JobReport(outcome="failed", reason="forged"))
+        await impostor.report(v.ha, attempt, JobReport(outcome="failed", reason="forged"))
     forged = tmp_path / "forged.zip"
     forged.write_bytes(b"PK\x05\x06" + b"\0" * 18)
     with pytest.raises(Forbidden):
-        await impostor.upload_result(v.ha, job, forged, 0)
+        await impostor.upload_result(v.ha, attempt, forged, 0)
     with pytest.raises(Forbidden):
         await impostor.heartbeat(v.ha, Heartbeat(running=[]))
-    # and through its own host it cannot reach alpha's job either
-    with pytest.raises(Exception, match="not running on host beta"):
-        await impostor.fetch_job_file(v.hb, job, data, tmp_path / "stolen2")
-    status = (await v.grid.admin.get_job(job)).status
+    # and through its own host it cannot reach alpha's attempt either
+    with pytest.raises(Exception, match="not a current attempt of this host"):
+        await impostor.fetch_job_file(v.hb, attempt, data, tmp_path / "stolen2")
+    status = (await v.grid.admin.get_job(v.job)).status
     assert status is JobStatus.RUNNING
 
 
 async def test_the_shared_account_only_enrols(world: tuple[Volunteers, str, str], tmp_path: Path) -> None:
-    v, job, data = world
+    v, attempt, data = world
     account = v.account  # holds no host credential: speaks with the worker login's token
     forged = tmp_path / "forged.zip"
     forged.write_bytes(b"PK\x05\x06" + b"\0" * 18)
     calls: list[Callable[[], Awaitable[object]]] = [
-        lambda: account.fetch_job_file(v.ha, job, data, tmp_path / "x"),
-        lambda: account.host_tunnels(v.ha, job),
+        lambda: account.fetch_job_file(v.ha, attempt, data, tmp_path / "x"),
+        lambda: account.host_tunnels(v.ha, attempt),
         lambda: account.heartbeat(v.ha, Heartbeat()),
         lambda: account.request_work(v.ha, 0),
-        lambda: account.upload_result(v.ha, job, forged, 0),
+        lambda: account.upload_result(v.ha, attempt, forged, 0),
     ]
     for call in calls:
         with pytest.raises(Forbidden, match="own credential"):
             await call()
-    assert (await v.grid.admin.get_job(job)).status is JobStatus.RUNNING
+    assert (await v.grid.admin.get_job(v.job)).status is JobStatus.RUNNING
 
 
 async def test_a_host_credential_is_only_good_for_the_worker_protocol(
@@ -147,21 +150,21 @@ async def test_a_host_credential_is_only_good_for_the_worker_protocol(
 async def test_revoking_a_host_ends_its_credential_and_requeues_its_job(
     world: tuple[Volunteers, str, str],
 ) -> None:
-    v, job, _ = world
+    v, attempt, _ = world
     hosts = {h.uid: h for h in await v.grid.admin.hosts()}
     assert hosts[v.ha].credential == "active" and hosts[v.ha].credential_issued is not None
     revoked = await v.grid.admin.revoke_host(v.ha, "stolen laptop")
     assert revoked.credential == "revoked" and revoked.revoke_reason == "stolen laptop"
     with pytest.raises(Unauthorized, match="revoked"):
         await v.a.heartbeat(v.ha, Heartbeat())
-    back = await v.grid.admin.get_job(job)
+    back = await v.grid.admin.get_job(v.job)
     assert back.status is JobStatus.PENDING and "revoked" in (back.status_reason or "")
     # re-enrolling with the dead credential does not bring it back
     with pytest.raises(Unauthorized, match="revoked"):
         await v.a.enrol(HostIn(name="alpha", **LINUX), credential=v.a.host_credential(v.ha))
     # the other host is untouched and takes the job
     again = await v.b.request_work(v.hb, wait=2)
-    assert again is not None and again.job.uid == job
+    assert again is not None and again.job.uid == v.job and again.attempt != attempt
 
 
 async def test_only_the_owner_or_an_administrator_revokes(grid: Any) -> None:
@@ -197,8 +200,8 @@ async def test_a_wrong_or_forged_credential_is_refused(grid: Any) -> None:
 
 
 async def test_deleting_a_host_requeues_its_job(world: tuple[Volunteers, str, str]) -> None:
-    v, job, _ = world
+    v, _, _ = world
     await v.grid.admin.remove(v.ha)
-    assert (await v.grid.admin.get_job(job)).status is JobStatus.PENDING
+    assert (await v.grid.admin.get_job(v.job)).status is JobStatus.PENDING
     with pytest.raises(Unauthorized):
         await v.a.heartbeat(v.ha, Heartbeat())

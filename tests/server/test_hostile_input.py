@@ -44,6 +44,7 @@ class World:
     job: str
     host: str
     credential: str
+    attempt: str
 
     def request(self, method: str, path: str, *, as_host: bool = False, **kw: Any) -> Any:
         secret = self.credential if as_host else self.token
@@ -57,6 +58,7 @@ class World:
             .replace("{data}", self.data)
             .replace("{job}", self.job)
             .replace("{host}", self.host)
+            .replace("{attempt}", self.attempt)
         )
 
     def fill_body(self, value: Any) -> Any:
@@ -90,7 +92,16 @@ async def world(grid: Any, tmp_path: Path) -> AsyncIterator[World]:
     ctx = ssl.create_default_context(cafile=str(grid.settings.ca_cert))
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as session:
         yield World(
-            grid, admin, session, token, app.uid, data.uid, job.uid, enrolment.host.uid, enrolment.credential
+            grid,
+            admin,
+            session,
+            token,
+            app.uid,
+            data.uid,
+            job.uid,
+            enrolment.host.uid,
+            enrolment.credential,
+            assignment.attempt,
         )
 
 
@@ -235,7 +246,7 @@ async def test_bad_return_code_on_result_upload_is_422(world: World, value: str)
     doc = await refused(
         world,
         "PUT",
-        f"/hosts/{{host}}/jobs/{{job}}/result?return_code={value}",
+        f"/hosts/{{host}}/attempts/{{attempt}}/result?return_code={value}",
         as_host=True,
         data=b"PK\x05\x06" + b"\0" * 18,
         headers={"Content-Type": "application/zip"},
@@ -247,7 +258,7 @@ async def test_missing_return_code_is_422(world: World) -> None:
     doc = await refused(
         world,
         "PUT",
-        "/hosts/{host}/jobs/{job}/result",
+        "/hosts/{host}/attempts/{attempt}/result",
         as_host=True,
         data=b"zip",
         headers={"Content-Type": "application/zip"},
@@ -259,7 +270,7 @@ async def test_declared_sha256_header_must_be_hex(world: World) -> None:
     doc = await refused(
         world,
         "PUT",
-        "/hosts/{host}/jobs/{job}/result?return_code=0",
+        "/hosts/{host}/attempts/{attempt}/result?return_code=0",
         as_host=True,
         data=b"zip",
         headers={"Content-Type": "application/zip", "X-Content-SHA256": "z" * 64},
@@ -283,27 +294,57 @@ BODY_NUMBERS = [
     ("POST", "/hosts", {"name": "big", "os": "LINUX", "cpu": "AMD64", "memory": INT64_OVERFLOW}, "memory"),
     ("POST", "/hosts", {"name": "big", "os": "LINUX", "cpu": "AMD64", "disk": 2**64}, "disk"),
     ("POST", "/hosts", {"name": "big", "os": "LINUX", "cpu": "AMD64", "cores": INT32_MAX + 1}, "cores"),
-    ("POST", "/hosts/{host}/jobs/{job}/report", {"outcome": "failed", "return_code": 1e30}, "return_code"),
     (
         "POST",
-        "/hosts/{host}/jobs/{job}/report",
+        "/hosts/{host}/attempts/{attempt}/report",
+        {"outcome": "failed", "return_code": 1e30},
+        "return_code",
+    ),
+    (
+        "POST",
+        "/hosts/{host}/attempts/{attempt}/report",
         {"outcome": "failed", "return_code": INT32_MAX + 1},
         "return_code",
     ),
     (
         "POST",
-        "/hosts/{host}/jobs/{job}/report",
+        "/hosts/{host}/attempts/{attempt}/report",
         {"outcome": "abort", "return_code": INT32_MIN - 1},
         "return_code",
     ),
-    ("POST", "/hosts/{host}/alive", {"running": [{"job": "{job}", "cpu_seconds": 1e300}]}, "cpu_seconds"),
-    ("POST", "/hosts/{host}/alive", {"running": [{"job": "{job}", "cpu_seconds": -1}]}, "cpu_seconds"),
-    ("POST", "/hosts/{host}/alive", {"running": [{"job": "{job}", "wall_seconds": 1e300}]}, "wall_seconds"),
-    ("POST", "/hosts/{host}/alive", {"running": [{"job": "{job}", "max_rss": INT64_OVERFLOW}]}, "max_rss"),
-    ("POST", "/hosts/{host}/alive", {"running": [{"job": "{job}", "max_rss": 1e30}]}, "max_rss"),
-    ("POST", "/hosts/{host}/alive", {"running": [{"job": "{job}", "net_in": INT64_OVERFLOW}]}, "net_in"),
-    ("POST", "/hosts/{host}/alive", {"running": [{"job": "{job}", "net_out": 2**64}]}, "net_out"),
-    ("POST", "/hosts/{host}/alive", {"running": [{"job": "../etc/passwd"}]}, "job"),
+    (
+        "POST",
+        "/hosts/{host}/alive",
+        {"running": [{"attempt": "{attempt}", "cpu_seconds": 1e300}]},
+        "cpu_seconds",
+    ),
+    (
+        "POST",
+        "/hosts/{host}/alive",
+        {"running": [{"attempt": "{attempt}", "cpu_seconds": -1}]},
+        "cpu_seconds",
+    ),
+    (
+        "POST",
+        "/hosts/{host}/alive",
+        {"running": [{"attempt": "{attempt}", "wall_seconds": 1e300}]},
+        "wall_seconds",
+    ),
+    (
+        "POST",
+        "/hosts/{host}/alive",
+        {"running": [{"attempt": "{attempt}", "max_rss": INT64_OVERFLOW}]},
+        "max_rss",
+    ),
+    ("POST", "/hosts/{host}/alive", {"running": [{"attempt": "{attempt}", "max_rss": 1e30}]}, "max_rss"),
+    (
+        "POST",
+        "/hosts/{host}/alive",
+        {"running": [{"attempt": "{attempt}", "net_in": INT64_OVERFLOW}]},
+        "net_in",
+    ),
+    ("POST", "/hosts/{host}/alive", {"running": [{"attempt": "{attempt}", "net_out": 2**64}]}, "net_out"),
+    ("POST", "/hosts/{host}/alive", {"running": [{"attempt": "../etc/passwd"}]}, "attempt"),
 ]
 
 
@@ -322,7 +363,7 @@ NON_FINITE = ["NaN", "Infinity", "-Infinity", "1e999", "-1e999"]
 @pytest.mark.parametrize("field", ["cpu_seconds", "wall_seconds"])
 @pytest.mark.parametrize("value", NON_FINITE)
 async def test_non_finite_heartbeat_numbers_are_422(world: World, field: str, value: str) -> None:
-    body = f'{{"running": [{{"job": "{world.job}", "{field}": {value}}}]}}'.encode()
+    body = f'{{"running": [{{"attempt": "{world.attempt}", "{field}": {value}}}]}}'.encode()
     doc = await refused(
         world,
         "POST",
@@ -345,13 +386,17 @@ async def test_largest_values_are_accepted(world: World) -> None:
     big = {"name": "max_data", "size": MAX_BYTES}
     async with world.request("POST", "/data", json=big) as resp:
         assert resp.status == 201, await resp.text()
-    beat = {"running": [{"job": world.job, "cpu_seconds": 1e6, "max_rss": 1 << 20, "net_in": MAX_BYTES}]}
+    beat = {
+        "running": [{"attempt": world.attempt, "cpu_seconds": 1e6, "max_rss": 1 << 20, "net_in": MAX_BYTES}]
+    }
     async with world.request("POST", "/hosts/{host}/alive", as_host=True, json=beat) as resp:
         assert resp.status == 200, await resp.text()
     job = await world.admin.get_job(world.job)
     assert (job.cpu_seconds, job.max_rss, job.net_in) == (1e6, 1 << 20, MAX_BYTES)
     report = {"outcome": "result_pending", "return_code": INT32_MIN}
-    async with world.request("POST", "/hosts/{host}/jobs/{job}/report", as_host=True, json=report) as resp:
+    async with world.request(
+        "POST", "/hosts/{host}/attempts/{attempt}/report", as_host=True, json=report
+    ) as resp:
         assert resp.status == 200, await resp.text()
     assert (await world.admin.get_job(world.job)).return_code == INT32_MIN
 
@@ -403,8 +448,8 @@ NUL_BODIES = [
     ("POST", "/auth/csr", {"csr": "-----BEGIN CERTIFICATE REQUEST-----\u0000"}, "csr"),
     ("POST", "/hosts", {"name": "nul_host", "os": "LINUX", "cpu": "AMD64", "version": NUL}, "version"),
     ("POST", "/hosts", {"name": "nul_host", "os": "LINUX", "cpu": "AMD64", "sandbox": NUL}, "sandbox"),
-    ("POST", "/hosts/{host}/jobs/{job}/report", {"outcome": "failed", "reason": NUL}, "reason"),
-    ("POST", "/hosts/{host}/alive", {"running": [{"job": NUL}]}, "job"),
+    ("POST", "/hosts/{host}/attempts/{attempt}/report", {"outcome": "failed", "reason": NUL}, "reason"),
+    ("POST", "/hosts/{host}/alive", {"running": [{"attempt": NUL}]}, "attempt"),
     ("POST", "/objects/{app}/chmod", {"mode": "755\u0000"}, "mode"),
 ]
 
@@ -475,7 +520,7 @@ async def _raw_http(w: World, head: bytes) -> tuple[int, str, bytes]:
 )
 async def test_unreadable_sha256_header_is_refused(world: World, header: bytes) -> None:
     before = await state(world)
-    path = world.fill(f"{API}/hosts/{{host}}/jobs/{{job}}/result?return_code=0").encode()
+    path = world.fill(f"{API}/hosts/{{host}}/attempts/{{attempt}}/result?return_code=0").encode()
     head = (
         b"PUT " + path + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
         b"Authorization: Bearer " + world.credential.encode() + b"\r\n" + header + b"\r\n"
@@ -517,7 +562,7 @@ async def test_document_declares_the_bounds(world: World) -> None:
     assert (limit["minimum"], limit["maximum"]) == (1, 1000)
     wait = params[("/hosts/{uid}/work", "post", "wait")]["schema"]
     assert wait["type"] == "number" and wait["minimum"] == 0 and wait["maximum"] > 0
-    code = params[("/hosts/{uid}/jobs/{job}/result", "put", "return_code")]
+    code = params[("/hosts/{uid}/attempts/{attempt}/result", "put", "return_code")]
     assert code["required"] and (code["schema"]["minimum"], code["schema"]["maximum"]) == (
         INT32_MIN,
         INT32_MAX,

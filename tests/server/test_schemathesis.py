@@ -71,11 +71,12 @@ class World:
     job: str
     host: str
     host_credential: str | None
+    attempt: str  # the job's current attempt on the host
     others: tuple[str, ...]  # a user and a usergroup
 
     @property
     def uids(self) -> list[str]:
-        return [self.app, self.data, self.job, self.host, *self.others]
+        return [self.app, self.data, self.job, self.host, self.attempt, *self.others]
 
     def body_refs(self, value: Any, key: str = "") -> Any:
         """A generated body with its uids replaced by real ones: ``app`` an app, ``job`` a job, else data."""
@@ -84,7 +85,7 @@ class World:
         if isinstance(value, list):
             return [self.body_refs(v, key) for v in value]
         if isinstance(value, str) and UID.fullmatch(value):
-            return {"app": self.app, "job": self.job}.get(key, self.data)
+            return {"app": self.app, "job": self.job, "attempt": self.attempt}.get(key, self.data)
         return value
 
     def headers(self, path: str, params: dict[str, Any]) -> dict[str, str]:
@@ -119,7 +120,8 @@ async def _world(grid: Any, tmp_path: Path) -> World:
     worker = grid.client(grid.admin_cfg)
     enrolment = await worker.enrol(HostIn(name="fuzz_host", os=OS.LINUX, cpu=CPU.AMD64))
     host = enrolment.host.uid
-    assert await worker.request_work(host, 0) is not None  # the job now runs on the host
+    assignment = await worker.request_work(host, 0)  # the job now runs on the host
+    assert assignment is not None
     await user.aclose()
     return World(
         base_url=grid.url + API,
@@ -130,6 +132,7 @@ async def _world(grid: Any, tmp_path: Path) -> World:
         job=job.uid,
         host=host,
         host_credential=enrolment.credential,
+        attempt=assignment.attempt,
         others=(user_out.uid, group.uid),
     )
 

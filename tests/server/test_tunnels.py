@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 import xml.etree.ElementTree as ET
 from dataclasses import replace
 from pathlib import Path
@@ -80,6 +81,11 @@ class Runner:
     def __init__(self, grid: Any) -> None:
         self.admin: XWClient = grid.admin
         self.host = ""
+        self.attempts: dict[str, str] = {}  # job uid -> its attempt on this host
+
+    def attempt(self, job: JobOut) -> str:
+        """The attempt this host runs ``job`` as (a fresh uid, matching nothing, before it runs)."""
+        return self.attempts.get(job.uid, str(uuid.uuid4()))
 
     async def enrol(self) -> Runner:
         self.host = (await self.admin.enrol(HostIn(name="h1", os="LINUX", cpu="AMD64"))).host.uid
@@ -89,6 +95,7 @@ class Runner:
         """Claim the oldest pending job, which must be ``job``; it is RUNNING afterwards."""
         assignment = await self.admin.request_work(self.host, wait=1)
         assert assignment is not None and assignment.job.uid == job.uid
+        self.attempts[job.uid] = assignment.attempt
         running = await self.admin.get_job(job.uid)
         assert running.status.value == "RUNNING"
         return running
@@ -181,7 +188,7 @@ async def test_no_relay_configured_is_409(grid: Any, tmp_path: Path) -> None:
         await alice.create_proxy(3000)
     assert await alice.proxies() == []  # nothing recorded
     with pytest.raises(Conflict, match="no relay configured on this grid"):
-        await runner.admin.host_tunnels(runner.host, job.uid)
+        await runner.admin.host_tunnels(runner.host, runner.attempt(job))
 
 
 async def test_worker_ticket_publishes_listen_ports_and_only_authorised_forwards(
@@ -211,10 +218,10 @@ async def test_worker_ticket_publishes_listen_ports_and_only_authorised_forwards
 
     # before it runs, nobody gets worker tickets for it
     with pytest.raises(Conflict):
-        await runner.admin.host_tunnels(runner.host, job.uid)
+        await runner.admin.host_tunnels(runner.host, runner.attempt(job))
     await runner.run(job)
 
-    t = await runner.admin.host_tunnels(runner.host, job.uid)
+    t = await runner.admin.host_tunnels(runner.host, runner.attempt(job))
     assert t.relay == RELAY and t.name is None and t.id is None
     assert scope(relay_grid, t) == [
         "link",
@@ -238,7 +245,7 @@ async def test_worker_ticket_publishes_listen_ports_and_only_authorised_forwards
 
     # bob shares his proxy with everyone: the same job may now reach it (rights are checked per ticket)
     await bob.chmod(theirs.id or "", "0744")
-    again = await runner.admin.host_tunnels(runner.host, job.uid)
+    again = await runner.admin.host_tunnels(runner.host, runner.attempt(job))
     assert f"connect:{theirs.name}" in scope(relay_grid, again)
     assert len(again.refused) == 4
 
@@ -250,10 +257,10 @@ async def test_other_workers_get_no_publish_ticket(relay_grid: Any, tmp_path: Pa
     idle = (await worker.enrol(HostIn(name="w1", os="LINUX", cpu="AMD64"))).host.uid
     job = await alice.submit(JobIn(app=await script_app(alice, tmp_path, "srv"), listen_ports=[8080]))
     await runner.run(job)
-    with pytest.raises(Conflict, match="not running on host w1"):  # its own host: the job is elsewhere
-        await worker.host_tunnels(idle, job.uid)
+    with pytest.raises(Conflict, match="not a current attempt of this host"):  # the job runs elsewhere
+        await worker.host_tunnels(idle, runner.attempt(job))
     with pytest.raises(Forbidden):  # the admin's host is not its own
-        await worker.host_tunnels(runner.host, job.uid)
+        await worker.host_tunnels(runner.host, runner.attempt(job))
     with pytest.raises(Forbidden):  # and a worker user cannot make proxies
         await worker.create_proxy(3000)
 
@@ -308,7 +315,7 @@ async def test_relay_choice_and_host_key(grid_factory: Any, tmp_path: Path) -> N
     runner = await Runner(g).enrol()
     job = await alice.submit(JobIn(app=await script_app(alice, tmp_path, "srv"), listen_ports=[8080, 8081]))
     await runner.run(job)
-    publish = await runner.admin.host_tunnels(runner.host, job.uid)
+    publish = await runner.admin.host_tunnels(runner.host, runner.attempt(job))
     assert publish.host_key == HOST_KEY and publish.relay in relays
     for port in (8080, 8081):  # both ends of each tunnel meet on the same relay
         connect = await alice.job_tunnel(job.uid, port)
@@ -327,11 +334,13 @@ async def test_heartbeat_net_counters_show_on_the_job(relay_grid: Any, tmp_path:
     job = await alice.submit(JobIn(app=await script_app(alice, tmp_path, "srv"), listen_ports=[8080]))
     assert (job.net_in, job.net_out) == (0, 0)
     await runner.run(job)
-    beat = Heartbeat(running=[JobUsage(job=job.uid, cpu_seconds=1.0, net_in=1000, net_out=250)])
+    beat = Heartbeat(
+        running=[JobUsage(attempt=runner.attempt(job), cpu_seconds=1.0, net_in=1000, net_out=250)]
+    )
     assert (await runner.admin.heartbeat(runner.host, beat)).kill == {}
     seen = await alice.get_job(job.uid)
     assert (seen.net_in, seen.net_out) == (1000, 250)
-    lower = Heartbeat(running=[JobUsage(job=job.uid, net_in=10, net_out=5000)])
+    lower = Heartbeat(running=[JobUsage(attempt=runner.attempt(job), net_in=10, net_out=5000)])
     await runner.admin.heartbeat(runner.host, lower)
     seen = await alice.get_job(job.uid)
     assert (seen.net_in, seen.net_out) == (1000, 5000)  # never goes back

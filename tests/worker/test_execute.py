@@ -65,6 +65,7 @@ async def test_stdin_args_env_and_xw_variables_reach_the_job(runner: Any, monkey
     scratch = str(job.scratch)
     expected = {
         "XWJOBUID": job.spec.job_uid,
+        "XWATTEMPTUID": job.spec.run,  # this run of the job (names its directory)
         "XWSCRATCHPATH": scratch,
         "XWBINPATH": str(job.exe_path),
         "HOME": scratch,

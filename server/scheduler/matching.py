@@ -5,22 +5,18 @@ ANY matches all), memory, expected host, and who the host works for: a SUPER_USE
 host runs everyone's jobs, a group administrator's host its group's jobs, a STANDARD_USER's host
 (a private worker) only its owner's jobs; a host enrolled for a project runs only that group's jobs.
 
-Claiming: PostgreSQL locks the candidate row with FOR UPDATE SKIP LOCKED, so concurrent claimers take
-different jobs; SQLite has a single writer (one pooled connection), so the select-then-update runs alone.
-In both cases the UPDATE re-checks status = PENDING, so a job can never be claimed twice.
+Claiming itself is ``server/scheduler/claims.py``.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import ColumnElement, and_, or_
 
 from common.enums import AppType, JobStatus, UserRights
-from server.db.models import App, Host, Job, utcnow
-
-CANDIDATES = 8
+from server.db.models import App, Host, Job
 
 
 def platforms_of(app: App) -> str:
@@ -41,7 +37,24 @@ def binary_for(app: App, os: str, cpu: str) -> dict[str, Any] | None:
     return None
 
 
-def match_clause(host: Host, owner_rights: UserRights, owner_group: str | None) -> ColumnElement[bool]:
+@dataclass(frozen=True)
+class HostView:
+    """What the scheduler needs of a host (a snapshot: routes need not load the ORM row)."""
+
+    uid: str
+    name: str
+    os: str
+    cpu: str
+    memory: int
+    owner_uid: str | None
+    project_uid: str | None
+
+    @classmethod
+    def of(cls, h: Host) -> HostView:
+        return cls(h.uid, h.name, h.os, h.cpu, h.memory, h.owner_uid, h.project_uid)
+
+
+def match_clause(host: HostView, owner_rights: UserRights, owner_group: str | None) -> ColumnElement[bool]:
     """The WHERE clause of jobs ``host`` may run."""
     plat = Job.platforms
     conds: list[ColumnElement[bool]] = [
@@ -64,24 +77,3 @@ def match_clause(host: Host, owner_rights: UserRights, owner_group: str | None) 
     if host.project_uid:
         conds.append(Job.group_uid == host.project_uid)
     return and_(*conds)
-
-
-async def claim(
-    session: AsyncSession, host: Host, owner_rights: UserRights, owner_group: str | None
-) -> Job | None:
-    """Claim the oldest matching PENDING job for ``host`` in the current transaction, or None."""
-    dialect = session.bind.dialect.name if session.bind is not None else ""
-    stmt = select(Job.uid).where(match_clause(host, owner_rights, owner_group)).order_by(Job.created)
-    stmt = stmt.limit(CANDIDATES)
-    if dialect == "postgresql":
-        stmt = stmt.with_for_update(skip_locked=True)
-    for uid in (await session.execute(stmt)).scalars().all():
-        done = await session.execute(
-            update(Job)
-            .where(Job.uid == uid, Job.status == JobStatus.PENDING.value)
-            .values(status=JobStatus.RUNNING.value, host_uid=host.uid, started=utcnow(), status_reason=None)
-            .execution_options(synchronize_session=False)
-        )
-        if getattr(done, "rowcount", 0) == 1:
-            return await session.get(Job, uid, populate_existing=True)
-    return None

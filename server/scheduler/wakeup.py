@@ -1,0 +1,94 @@
+"""Waking long-polling workers: a parked work request costs a future, not a query per second.
+
+A work request that found nothing to claim parks here. When jobs become PENDING (the status writer's
+observers tell :meth:`Wakeups.jobs_pending` after the commit), at most that many parked requests are
+woken, oldest first — no thundering herd. A woken request that still finds nothing it may run (the new
+job is for another platform or owner) passes the wake on to the next one, within a budget, so a job
+only some hosts can run still reaches one of them. A long fallback timeout covers what no wake-up
+reaches (another process's jobs when no cross-process channel is set up, a missed notification).
+
+Across server processes, :attr:`Wakeups.remote` (set up by ``server/scheduler/notify.py`` on
+PostgreSQL) carries "n jobs are pending" to the other processes, which wake their own waiters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+
+from common.enums import JobStatus
+from server.scheduler.writer import Change
+
+PASS_BUDGET = 64  # how many parked requests one wake may visit before it gives up (then: fallback poll)
+
+
+class Waiters:
+    """Parked work requests of this process, oldest first."""
+
+    def __init__(self) -> None:
+        self._parked: deque[asyncio.Future[int]] = deque()
+        self._stale = 0  # futures in the deque that timed out or were cancelled
+        self.woken = 0  # wake-ups handed out since start (each costs its waiter one claim query)
+
+    def __len__(self) -> int:
+        return len(self._parked) - self._stale
+
+    async def wait(self, timeout: float) -> int:
+        """Park until woken (returns the wake's remaining pass-on budget, >= 1) or ``timeout`` (0)."""
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._parked.append(fut)
+        try:
+            async with asyncio.timeout(timeout):
+                return await fut
+        except TimeoutError:
+            return 0
+        finally:
+            if not fut.done():
+                fut.cancel()
+            if fut.cancelled():
+                self._stale += 1
+                if self._stale > 64 and self._stale * 2 > len(self._parked):
+                    self._compact()
+
+    def wake(self, n: int, budget: int = PASS_BUDGET) -> int:
+        """Wake up to ``n`` parked requests, oldest first; how many were woken."""
+        woken = 0
+        while woken < n and self._parked:
+            fut = self._parked.popleft()
+            if fut.done():
+                self._stale -= 1
+                continue
+            fut.set_result(max(1, budget))
+            woken += 1
+        self.woken += woken
+        return woken
+
+    def _compact(self) -> None:
+        self._parked = deque(f for f in self._parked if not f.done())
+        self._stale = 0
+
+
+class Wakeups:
+    """This process's waiters, fed by local status changes and, if set, by other processes."""
+
+    def __init__(self) -> None:
+        self.waiters = Waiters()
+        self.remote: Callable[[int], None] | None = None  # tell other processes (notify.py)
+
+    def observe(self, changes: list[Change]) -> None:
+        """The status writer's observer: jobs that became PENDING wake as many waiters."""
+        pending = sum(1 for c in changes if c.after is JobStatus.PENDING)
+        if pending:
+            self.jobs_pending(pending)
+
+    def jobs_pending(self, n: int, *, local_only: bool = False) -> None:
+        """``n`` jobs became claimable: wake that many waiters here, and tell the other processes."""
+        self.waiters.wake(n)
+        if self.remote is not None and not local_only:
+            self.remote(n)
+
+    def pass_on(self, budget: int) -> None:
+        """A woken request found nothing it may run: hand the wake to the next one (budget allowing)."""
+        if budget > 1:
+            self.waiters.wake(1, budget - 1)
