@@ -1,7 +1,7 @@
 """Blob references and collection, safe with several server processes on one database.
 
-A blob row counts the data objects that use a content. Counting up locks the row (PostgreSQL: FOR
-UPDATE); collecting locks the unreferenced rows it takes (FOR UPDATE SKIP LOCKED), deletes their files
+A blob row counts the data objects that use a content. Counting up is an upsert, which locks the row;
+collecting locks the unreferenced rows it takes (FOR UPDATE SKIP LOCKED), deletes their files
 *before* deleting the rows, and commits. So an upload of the same content either waits for the
 collection and then finds no row (it inserts one and places its own file), or takes the row first and
 the collection skips it: a file is never deleted under a live reference.
@@ -10,8 +10,11 @@ the collection skips it: a file is never deleted under a live reference.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.db.models import Blob
@@ -24,18 +27,35 @@ def _postgres(session: AsyncSession) -> bool:
 
 async def ref(session: AsyncSession, sha: str, size: int, inline: bytes | None = None) -> None:
     """Count one more reference to content ``sha``, creating its row (with ``inline`` content) if new."""
-    stmt = select(Blob.refcount).where(Blob.sha256 == sha)
-    if _postgres(session):
-        stmt = stmt.with_for_update()
-    if (await session.execute(stmt)).first() is None:
-        await session.execute(insert(Blob).values(sha256=sha, size=size, refcount=1, inline=inline))
-    else:
-        await session.execute(
-            update(Blob)
-            .where(Blob.sha256 == sha)
-            .values(refcount=Blob.refcount + 1)
-            .execution_options(synchronize_session=False)
-        )
+    await _upsert(session, [{"sha256": sha, "size": size, "refcount": 1, "inline": inline}])
+
+
+async def ref_many(session: AsyncSession, contents: dict[str, bytes], refs: list[str]) -> None:
+    """Count one reference per item of ``refs`` (sha256s of ``contents``, kept inline), in one statement."""
+    wanted: dict[str, int] = {}
+    for sha in refs:
+        wanted[sha] = wanted.get(sha, 0) + 1
+    await _upsert(
+        session,
+        [
+            {"sha256": sha, "size": len(contents[sha]), "refcount": n, "inline": contents[sha]}
+            for sha, n in wanted.items()
+        ],
+    )
+
+
+async def _upsert(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
+    """Insert blob rows, or add their counts to the rows already there (ON CONFLICT: two uploads of a
+    new content at once must both count, not collide). It locks each row it touches: a collection
+    either waits for this transaction or has already deleted the row (then this inserts it anew)."""
+    if not rows:
+        return
+    insert_ = pg_insert if _postgres(session) else sqlite_insert
+    stmt = insert_(Blob)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[Blob.sha256], set_={"refcount": Blob.refcount + stmt.excluded.refcount}
+    )
+    await session.execute(stmt, rows)
 
 
 async def unref(session: AsyncSession, sha: str) -> None:

@@ -1,12 +1,12 @@
 """The long-poll budget: how many work requests may wait for a job at once in one server process.
 
-A waiting work request holds a connection and (today) re-runs the claim about once a second, so each
-waiter costs CPU and database time even when nothing happens. The budget is counted apart from the
-connection cap (``server/conntable.py``): a long-poll is a busy connection there, never evicted, and
-the cap alone would let every connection become a waiter. Over budget, a work request that found
-nothing to claim answers 429 at once with a Retry-After, instead of waiting.
+A waiting work request holds a connection and a parked future (server/scheduler/wakeup.py); it costs
+little, but not nothing, and a request refused here comes back later and claims once more. The budget
+is counted apart from the connection cap (``server/conntable.py``): a long-poll is a busy connection
+there, never evicted, and the cap alone would let every connection become a waiter. Over budget, a
+work request that found nothing to claim answers 429 at once with a Retry-After, instead of waiting.
 
-In ``request_work`` (server/routes/hosts.py) only waiting needs a place, not the first claim::
+In ``request_work`` (server/routes/worker.py) only waiting needs a place, not the first claim::
 
     with svc.longpolls.waiting_place() as place:
         while True:
@@ -31,7 +31,7 @@ from common.errors import TooManyRequests
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_RETRY_AFTER = 5.0  # seconds; refused workers come back after 5 to 10 s
+DEFAULT_RETRY_AFTER = 30.0  # seconds; refused workers come back after 30 to 60 s (each return is a claim)
 LOG_INTERVAL = 10.0  # seconds between two lines about refusals
 
 

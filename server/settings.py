@@ -28,9 +28,14 @@ DEFAULT_HANDSHAKE_TIMEOUT = 10.0  # accept -> TLS handshake done, first byte inc
 DEFAULT_HEADER_TIMEOUT = 15.0  # first byte of a request (a connection's first: its handshake) -> head
 DEFAULT_KEEPALIVE_TIMEOUT = 75.0  # idle between requests (nginx's default)
 DEFAULT_BODY_TIMEOUT = 30.0  # no byte of a request body for this long ends the request (408)
-DEFAULT_MAX_LONGPOLLS = 1000  # work requests waiting at once, per process (each re-claims every second)
+DEFAULT_MAX_LONGPOLLS = 10_000  # work requests waiting at once, per process (a parked one costs a future)
 DEFAULT_TLS_READ_BUFFER = 256 * 1024  # bytes per TLS receive, one buffer shared by all connections
 # (server/tlsbuffer.py); 0: asyncio's own buffer of that size per connection
+# Several processes on one PostgreSQL (server/cli.py, server/scheduler/notify.py, leader.py).
+DEFAULT_PROCESSES = 1  # server processes `xwserver run` starts on one port (SO_REUSEPORT); > 1: PostgreSQL
+DEFAULT_NOTIFY_WINDOW = 0.005  # seconds between two NOTIFYs of one process: wake-ups within are summed
+DEFAULT_NOTIFY_RECHECK = 15.0  # a parked work request looks again this often while NOTIFY is heard
+DEFAULT_LEADER_RETRY = 3.0  # seconds between two tries for the reaper's lock by a process without it
 LISTENERS = ("gated", "plain")  # plain: aiohttp's TCPSite as before (a benchmark baseline)
 SETTINGS_FILE = "settings.toml"
 
@@ -63,6 +68,10 @@ class ServerSettings:
     max_longpolls: int = DEFAULT_MAX_LONGPOLLS
     tls_read_buffer: int = DEFAULT_TLS_READ_BUFFER
     listener: str = "gated"  # one of LISTENERS
+    processes: int = DEFAULT_PROCESSES
+    notify_window: float = DEFAULT_NOTIFY_WINDOW
+    notify_recheck: float = DEFAULT_NOTIFY_RECHECK
+    leader_retry: float = DEFAULT_LEADER_RETRY
     env_keys: tuple[str, ...] = field(default=(), compare=False)
 
     @property
@@ -112,6 +121,11 @@ class ServerSettings:
         return self.database_url or f"sqlite+aiosqlite:///{self.home / 'xwhep.db'}"
 
     @property
+    def postgres(self) -> bool:
+        """The database is PostgreSQL (several processes may share it; SQLite has one writer)."""
+        return self.db_url.startswith("postgresql")
+
+    @property
     def uri_host(self) -> str:
         return self.public_name or self.host
 
@@ -137,9 +151,13 @@ _ENV = {
     "XW_MAX_LONGPOLLS": "max_longpolls",
     "XW_TLS_READ_BUFFER": "tls_read_buffer",
     "XW_LISTENER": "listener",
+    "XW_PROCESSES": "processes",
+    "XW_NOTIFY_WINDOW": "notify_window",
+    "XW_NOTIFY_RECHECK": "notify_recheck",
+    "XW_LEADER_RETRY": "leader_retry",
 }
 
-_INT_LIMITS = ("max_connections", "max_longpolls", "tls_read_buffer")
+_INT_LIMITS = ("max_connections", "max_longpolls", "tls_read_buffer", "processes")
 _TIMEOUTS = ("handshake_timeout", "header_timeout", "keepalive_timeout", "body_timeout")
 
 
@@ -175,10 +193,15 @@ def load_settings(home: Path, **overrides: Any) -> ServerSettings:
         "longpoll",
         "ticket_ttl",
         "heartbeats_per_second",
+        "notify_window",
+        "notify_recheck",
+        "leader_retry",
         *_TIMEOUTS,
     ):
         if key in values:
             values[key] = float(values[key])
+    if values.get("processes", 1) < 1:
+        raise ValueError(f"processes must be at least 1, not {values['processes']}")
     if "listener" in values and values["listener"] not in LISTENERS:
         raise ValueError(f"listener must be one of {', '.join(LISTENERS)}, not {values['listener']!r}")
     return replace(settings, **values)

@@ -13,6 +13,7 @@ from server.authz import Actor
 from server.certificates import CrlCache
 from server.longpoll import LongPollBudget
 from server.pki import CA
+from server.scheduler.catalog import Catalog
 from server.scheduler.heartbeat import Liveness, alive_period
 from server.scheduler.matching import HostView
 from server.scheduler.wakeup import Wakeups
@@ -35,6 +36,7 @@ class Services:
     wakeups: Wakeups = field(default_factory=Wakeups)
     liveness: Liveness = field(default_factory=Liveness)
     auth: AuthCache = field(default_factory=AuthCache)
+    catalog: Catalog = field(default_factory=Catalog)
     throttle: LoginThrottle = field(default_factory=LoginThrottle)
     passwords: PasswordGate = field(default_factory=lambda: PasswordGate(password_slots(), 64))
     crl: CrlCache = field(default_factory=CrlCache)
@@ -45,6 +47,13 @@ class Services:
         s = self.settings
         fleet = self.liveness.fleet(max(s.alive_timeout, 600.0))
         return alive_period(s.alive_period, fleet, s.heartbeats_per_second)
+
+    def longpoll(self) -> float:
+        """How long a work request may wait: the setting, stretched as the fleet grows so that idle
+        workers' returns (each one claim query) stay near ``heartbeats_per_second`` / 2 per second."""
+        s = self.settings
+        fleet = self.liveness.fleet(max(s.alive_timeout, 600.0))
+        return alive_period(s.longpoll, fleet, s.heartbeats_per_second / 2)
 
     def alive_timeout(self) -> float:
         """Silence after which a host is lost: at least three periods as asked now."""

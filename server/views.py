@@ -12,7 +12,7 @@ from server.db.models import Job, OwnedMixin
 __all__ = ["job_out", "owned", "proxy_addresses"]
 
 
-def owned(obj: OwnedMixin) -> dict[str, Any]:
+def owned(obj: OwnedMixin | Any) -> dict[str, Any]:
     """The fields every owned object shows."""
     return {
         "uid": obj.uid,
@@ -24,7 +24,8 @@ def owned(obj: OwnedMixin) -> dict[str, Any]:
     }
 
 
-def job_out(j: Job) -> JobOut:
+def job_out(j: Job | Any) -> JobOut:
+    """A job as the wire shows it (from its ORM row, or any object with the same attributes)."""
     return JobOut(
         **owned(j),
         app=j.app_uid,
@@ -57,7 +58,7 @@ def job_out(j: Job) -> JobOut:
     )
 
 
-def proxy_addresses(j: Job) -> list[str]:
+def proxy_addresses(j: Job | Any) -> list[str]:
     """The relay addresses of a job's listen ports: ``job-<uid>-<port>`` while it runs, else none."""
     if j.status != JobStatus.RUNNING.value:
         return []

@@ -102,6 +102,7 @@ async def create_app(request: web.Request) -> web.Response:
                 reason="binaries " + ", ".join(f"{b.os.value}/{b.cpu.value}" for b in body.binaries),
             )
             await session.commit()
+            services(request).catalog.forget_app(existing.uid)  # its binaries changed
             return reply(app_out(existing), status=200)
         app = App(
             uid=new_uid(),

@@ -48,9 +48,6 @@ WAIT = QueryParam(
 MAX = integer_range("max", "jobs to claim at most (the worker's free slots)", 1, MAX_CLAIM)
 RETURN_CODE = integer_range("return_code", "the job's exit code", required=True)
 MAX_RESULT_BYTES = 1 << 36
-# A parked work request looks again this often even if nothing woke it (jobs made claimable by
-# another server process reach it this way when no cross-process channel is set up).
-RECHECK_SECONDS = 5.0
 ACTIVE_VALUES = [s.value for s in ACTIVE]
 
 
@@ -69,14 +66,15 @@ async def request_work(request: web.Request) -> web.StreamResponse:
     host = host_of(request)
     want = MAX.optional_integer(request) or 1
     asked = WAIT.optional_number(request)
-    wait = svc.settings.longpoll if asked is None else min(asked, svc.settings.longpoll)
+    longest = svc.longpoll()
+    wait = longest if asked is None else min(asked, longest)
     deadline = time.monotonic() + wait
     budget = 0  # the pass-on budget of the wake-up that woke us, if one did
     # a place in the long-poll budget is taken only once the request actually waits (429 past it)
     with svc.longpolls.waiting_place() as place:
         while True:
             async with svc.sessions() as session, session.begin():
-                claimed = await claim(session, host, actor, want)
+                claimed = await claim(session, host, actor, want, svc.catalog)
                 if claimed:
                     await fail_unrunnable(session, actor, claimed)
             svc.liveness.seen(host.uid)
@@ -91,7 +89,7 @@ async def request_work(request: web.Request) -> web.StreamResponse:
             if remaining <= 0:
                 return web.Response(status=204)
             place.take()
-            budget = await svc.wakeups.waiters.wait(min(remaining, RECHECK_SECONDS))
+            budget = await svc.wakeups.waiters.wait(min(remaining, svc.wakeups.recheck_after()))
 
 
 @routes.add(
@@ -106,7 +104,7 @@ async def attempt_file(request: web.Request) -> web.StreamResponse:
     host = host_of(request)
     attempt, did = path_uid(request, "attempt"), path_uid(request, "data")
     async with svc.sessions() as session:
-        files = await attempt_files(session, host, attempt)
+        files = await attempt_files(session, host, attempt, svc.catalog)
         if files is None:
             raise Conflict(f"attempt {attempt} {completion.NOT_CURRENT}")
         ref = files.get(did)

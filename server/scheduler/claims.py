@@ -11,22 +11,25 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from common.enums import AppType, AttemptState, DataStatus
+from common.enums import AppType, AttemptState, JobStatus
 from common.jobstates import Trigger
-from common.schemas import Assignment, FileRef, JobOut
+from common.schemas import Assignment, FileRef
 from common.uri import new_uid
 from server.authz import Actor
-from server.db.models import App, Attempt, Data, Job, JobRef, utcnow
+from server.db.models import Attempt, Job, table_of, utcnow
+from server.scheduler.catalog import AppInfo, Catalog
 from server.scheduler.matching import HostView, binary_for, match_clause
-from server.scheduler.writer import SEEN_COLUMNS, Seen, transition
+from server.scheduler.writer import Move, Seen, transition, transition_many
 from server.views import job_out
 
 MAX_CLAIM = 64  # jobs one work request may take
+_INSERT_ATTEMPTS = insert(table_of(Attempt))  # Core, built once
 
 
 @dataclass(frozen=True)
@@ -39,39 +42,60 @@ class Claimed:
     unrunnable: str | None = None
 
 
-async def claim(session: AsyncSession, host: HostView, actor: Actor, want: int) -> list[Claimed]:
+async def claim(
+    session: AsyncSession, host: HostView, actor: Actor, want: int, catalog: Catalog
+) -> list[Claimed]:
     """Claim up to ``want`` jobs ``host`` may run, in the caller's transaction."""
+    jobs = table_of(Job)
     stmt = (
-        select(*SEEN_COLUMNS)
+        select(jobs)
         .where(match_clause(host, actor.rights, actor.group_uid))
         .order_by(Job.created)
         .limit(max(1, min(want, MAX_CLAIM)))
     )
     if session.bind is not None and session.bind.dialect.name == "postgresql":
         stmt = stmt.with_for_update(skip_locked=True)
-    seen = [Seen.row(r) for r in (await session.execute(stmt)).all()]
-    now = utcnow()
-    taken: list[tuple[str, str]] = []
-    for job in seen:
-        attempt = new_uid()
-        moved = await transition(
-            session,
-            job,
-            Trigger.CLAIM,
-            actor=actor,
-            reason=f"claimed by {host.name} (attempt {attempt})",
-            values={"host_uid": host.uid, "attempt_uid": attempt, "started": now},
-        )
-        if moved is not None:
-            taken.append((job.uid, attempt))
-    if not taken:
+    rows = (await session.execute(stmt)).all()
+    if not rows:
         return []
+    now = utcnow()
+    attempts = [new_uid() for _ in rows]
+    # the candidates are ours: locked (PostgreSQL) or read in this single-writer transaction (SQLite)
+    moved = await transition_many(
+        session,
+        [
+            Move(
+                Seen.row((r.uid, r.status, r.retry, r.max_retries, r.owner_uid, r.attempt_uid)),
+                f"claimed by {host.name} (attempt {attempt})",
+                {"host_uid": host.uid, "attempt_uid": attempt, "started": now},
+            )
+            for r, attempt in zip(rows, attempts, strict=True)
+        ],
+        Trigger.CLAIM,
+        actor=actor,
+        locked=True,
+    )
+    taken = [
+        SimpleNamespace(
+            **{
+                **r._asdict(),
+                "status": JobStatus.RUNNING.value,
+                "status_reason": f"claimed by {host.name} (attempt {a})",
+                "host_uid": host.uid,
+                "attempt_uid": a,
+                "started": now,
+                "modified": now,
+            }
+        )
+        for r, a, ok in zip(rows, attempts, moved, strict=True)
+        if ok is not None
+    ]
     await session.execute(
-        insert(Attempt),
+        _INSERT_ATTEMPTS,
         [
             {
-                "uid": attempt,
-                "job_uid": job_uid,
+                "uid": job.attempt_uid,
+                "job_uid": job.uid,
                 "host_uid": host.uid,
                 "state": AttemptState.RUNNING.value,
                 "started": now,
@@ -80,37 +104,33 @@ async def claim(session: AsyncSession, host: HostView, actor: Actor, want: int) 
                 "net_in": 0,
                 "net_out": 0,
             }
-            for job_uid, attempt in taken
+            for job in taken
         ],
     )
-    return await _assign(session, host, taken)
+    return await _assign(session, host, taken, catalog)
 
 
-async def _assign(session: AsyncSession, host: HostView, taken: Sequence[tuple[str, str]]) -> list[Claimed]:
-    uids = [job_uid for job_uid, _ in taken]
-    jobs = {j.uid: j for j in (await session.execute(select(Job).where(Job.uid.in_(uids)))).scalars()}
-    app_uids = {j.app_uid for j in jobs.values()}
-    apps = {a.uid: a for a in (await session.execute(select(App).where(App.uid.in_(app_uids)))).scalars()}
-    refs: dict[str, list[str]] = {}
-    for job_uid, data_uid in (
-        await session.execute(select(JobRef.job_uid, JobRef.data_uid).where(JobRef.job_uid.in_(uids)))
-    ).all():
-        refs.setdefault(job_uid, []).append(data_uid)
-    binaries = {
-        a.uid: binary_for(a, host.os, host.cpu) for a in apps.values()
-    }  # the app binary that fits this host
-    wanted = {d for ds in refs.values() for d in ds} | {b["data"] for b in binaries.values() if b}
-    datas = {d.uid: d for d in (await session.execute(select(Data).where(Data.uid.in_(wanted)))).scalars()}
+async def _assign(
+    session: AsyncSession, host: HostView, jobs: Sequence[Any], catalog: Catalog
+) -> list[Claimed]:
+    """Assignments for claimed jobs (rows as claimed: the job's columns after the claim)."""
+    apps = await catalog.apps(session, {j.app_uid for j in jobs})
+    binaries = {a.uid: binary_for(a, host.os, host.cpu) for a in apps.values()}  # what fits this host
+    wanted = {u for j in jobs for u in _inputs(j)} | {b["data"] for b in binaries.values() if b}
+    files = await catalog.files(session, wanted)
     out: list[Claimed] = []
-    for job_uid, attempt in taken:
-        job = jobs[job_uid]
+    for job in jobs:
         try:
-            assignment = _assignment(job_out(job), attempt, job, apps, binaries, datas, host)
+            assignment = _assignment(job, apps, binaries, files, host)
         except _Unrunnable as why:
-            out.append(Claimed(job_uid, attempt, None, str(why)))
+            out.append(Claimed(job.uid, job.attempt_uid, None, str(why)))
             continue
-        out.append(Claimed(job_uid, attempt, assignment))
+        out.append(Claimed(job.uid, job.attempt_uid, assignment))
     return out
+
+
+def _inputs(job: Any) -> list[str]:
+    return [*job.env, *job.inputs, *([job.stdin_uid] if job.stdin_uid else [])]
 
 
 async def fail_unrunnable(session: AsyncSession, actor: Actor, claimed: Sequence[Claimed]) -> int:
@@ -132,12 +152,10 @@ class _Unrunnable(Exception):
 
 
 def _assignment(
-    job_wire: JobOut,
-    attempt: str,
-    job: Job,
-    apps: dict[str, App],
+    job: Any,
+    apps: dict[str, AppInfo],
     binaries: dict[str, dict[str, Any] | None],
-    datas: dict[str, Data],
+    files: dict[str, FileRef],
     host: HostView,
 ) -> Assignment:
     app = apps.get(job.app_uid)
@@ -148,14 +166,14 @@ def _assignment(
         raise _Unrunnable(f"application {app.name!r} has no binary for {host.os}/{host.cpu}")
 
     def ref(uid: str) -> FileRef:
-        d = datas.get(uid)
-        if d is None or d.status != DataStatus.AVAILABLE.value or d.sha256 is None or d.size is None:
+        found = files.get(uid)
+        if found is None:
             raise _Unrunnable(f"data {uid} is missing or has no content")
-        return FileRef(uid=d.uid, name=d.name, sha256=d.sha256, size=d.size)
+        return found
 
     return Assignment(
-        attempt=attempt,
-        job=job_wire,
+        attempt=job.attempt_uid,
+        job=job_out(job),
         app_name=app.name,
         app_type=AppType(app.type),
         executable=ref(binary["data"]),
@@ -166,14 +184,16 @@ def _assignment(
     )
 
 
-async def attempt_files(session: AsyncSession, host: HostView, attempt_uid: str) -> dict[str, FileRef] | None:
+async def attempt_files(
+    session: AsyncSession, host: HostView, attempt_uid: str, catalog: Catalog
+) -> dict[str, FileRef] | None:
     """The files an attempt of ``host`` may fetch (uid -> ref), None if it is not a live attempt of it."""
-    row = (
-        await session.execute(select(Job).where(Job.attempt_uid == attempt_uid, Job.host_uid == host.uid))
-    ).scalar_one_or_none()
+    jobs = table_of(Job)
+    stmt = select(jobs).where(jobs.c.attempt_uid == attempt_uid, jobs.c.host_uid == host.uid)
+    row = (await session.execute(stmt)).first()
     if row is None:
         return None
-    claimed = await _assign(session, host, [(row.uid, attempt_uid)])
+    claimed = await _assign(session, host, [row], catalog)
     assignment = claimed[0].assignment
     if assignment is None:
         return None

@@ -17,21 +17,43 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from common.enums import AttemptState, DataStatus, JobStatus
-from common.jobstates import Trigger
+from common.jobstates import ACTIVE, Trigger
 from common.rights import PRIVATE
 from common.schemas import INLINE_RESULT_BYTES, InlineResult, JobReport, ResultsReply
 from common.uri import new_uid
 from server import blobs
 from server.authz import Actor
-from server.db.models import Attempt, Data, Job, utcnow
+from server.db.models import Attempt, Data, Job, table_of, utcnow
 from server.scheduler.matching import HostView
-from server.scheduler.writer import SEEN_COLUMNS, Seen, event, insert_events, transition
+from server.scheduler.writer import (
+    SEEN_COLUMNS,
+    Move,
+    Seen,
+    event,
+    insert_events,
+    transition,
+    transition_many,
+)
 from server.store import DataStore, Ingested
 
+_INSERT_DATA = insert(table_of(Data))  # Core statements, built once
+_ATTEMPTS = table_of(Attempt)
+_ATTEMPT_RESULT = (  # the attempt ends COMPLETED with its result, in one statement
+    update(_ATTEMPTS)
+    .where(_ATTEMPTS.c.uid == bindparam("w_uid"))
+    .values(
+        state=AttemptState.COMPLETED.value,
+        ended=bindparam("v_ended"),
+        reason=bindparam("v_reason"),
+        return_code=bindparam("v_rc"),
+        result_uid=bindparam("v_data"),
+    )
+)
+ACTIVE_VALUES = [s.value for s in ACTIVE]
 NOT_CURRENT = "is not a current attempt of this host (its job was deleted, held or rescheduled)"
 
 
@@ -44,18 +66,40 @@ class Current:
     group_uid: str | None
 
 
-async def current(session: AsyncSession, host: HostView, attempts: Sequence[str]) -> dict[str, Current]:
-    """The jobs whose current attempt on ``host`` is one of ``attempts`` (attempt -> job)."""
+async def current(
+    session: AsyncSession, host: HostView, attempts: Sequence[str], *, lock: bool = False
+) -> dict[str, Current]:
+    """The jobs whose current attempt on ``host`` is one of ``attempts`` (attempt -> job).
+
+    ``lock``: hold their rows until the transaction ends (PostgreSQL; SQLite's single writer holds
+    everything anyway), so they can be completed in one executemany.
+    """
     if not attempts:
         return {}
-    rows = (
-        await session.execute(
-            select(*SEEN_COLUMNS, Job.label, Job.group_uid).where(
-                Job.attempt_uid.in_(list(attempts)), Job.host_uid == host.uid
-            )
+    stmt = (
+        select(*SEEN_COLUMNS, Job.label, Job.group_uid)
+        .where(
+            Job.attempt_uid.in_(list(attempts)),
+            Job.host_uid == host.uid,
+            Job.status.in_(ACTIVE_VALUES),  # a finished job keeps its last attempt: not current any more
         )
-    ).all()
+        .order_by(Job.uid)  # every transaction locks jobs in uid order: no deadlock between them
+    )
+    if lock and session.bind is not None and session.bind.dialect.name == "postgresql":
+        stmt = stmt.with_for_update()
+    rows = (await session.execute(stmt)).all()
     return {r.attempt_uid: Current(Seen.row(r), r.label, r.group_uid) for r in rows}
+
+
+@dataclass(frozen=True)
+class Finished:
+    """An attempt's accepted result: the content (counted in blobs already) and its exit code."""
+
+    attempt: str
+    job: Current
+    sha: str
+    size: int
+    return_code: int
 
 
 async def complete_inline(
@@ -76,88 +120,101 @@ async def complete_inline(
             refused[r.attempt] = "content does not match its sha256"
         else:
             contents[r.attempt] = raw
-    jobs = await current(session, host, list(contents))
+    jobs = await current(session, host, list(contents), lock=True)
     for attempt in contents:
         if attempt not in jobs:
             refused[attempt] = f"attempt {attempt} {NOT_CURRENT}"
-    accepted: list[str] = []
     codes = {r.attempt: r.return_code for r in results}
-    for attempt, job in jobs.items():
-        raw = contents[attempt]
-        sha = hashlib.sha256(raw).hexdigest()
-        await blobs.ref(session, sha, len(raw), raw)
-        if await finish(session, host, actor, attempt, job, sha, len(raw), codes[attempt]):
-            accepted.append(attempt)
-        else:
-            refused[attempt] = f"attempt {attempt} {NOT_CURRENT}"
-    return ResultsReply(accepted=accepted, refused=refused), len(accepted)
+    done = [
+        Finished(a, job, hashlib.sha256(contents[a]).hexdigest(), len(contents[a]), codes[a])
+        for a, job in jobs.items()
+    ]
+    await blobs.ref_many(session, {f.sha: contents[f.attempt] for f in done}, [f.sha for f in done])
+    accepted = await finish(session, host, actor, done, locked=True)
+    for f in done:
+        if f.attempt not in accepted:
+            refused[f.attempt] = f"attempt {f.attempt} {NOT_CURRENT}"
+    return ResultsReply(accepted=[f.attempt for f in done if f.attempt in accepted], refused=refused), len(
+        accepted
+    )
 
 
 async def finish(
-    session: AsyncSession,
-    host: HostView,
-    actor: Actor,
-    attempt: str,
-    job: Current,
-    sha: str,
-    size: int,
-    return_code: int,
-) -> bool:
-    """Record ``attempt``'s result (content ``sha`` already counted) and complete its job; False if the
-    attempt stopped being current meanwhile (the caller's transaction must then be rolled back or the
-    blob reference given back: here the data row is simply not created)."""
-    data_uid = new_uid()
-    moved = await transition(
-        session,
-        job.seen,
-        Trigger.COMPLETE,
-        actor=actor,
-        reason=f"exit code {return_code} on {host.name}",
-        values={"result_uid": data_uid, "return_code": return_code},
-    )
-    if moved is None:
-        await blobs.unref(session, sha)
-        return False
+    session: AsyncSession, host: HostView, actor: Actor, done: Sequence[Finished], *, locked: bool
+) -> set[str]:
+    """Record each attempt's result (its content counted already) and complete its job; the attempts
+    that were completed. One whose attempt stopped being current meanwhile gives its content reference
+    back and creates no data (``locked``: the caller holds the rows, so none can have stopped)."""
+    if not done:
+        return set()
     now = utcnow()
-    name = f"ResultsOf_{job.label or job.seen.uid}"
-    await session.execute(
-        insert(Data).values(
-            uid=data_uid,
-            owner_uid=job.seen.owner_uid,
-            group_uid=job.group_uid,
-            access_rights=PRIVATE,
-            created=now,
-            modified=now,
-            name=name,
-            type="ZIP",
-            os="ANY",
-            cpu="ANY",
-            size=size,
-            sha256=sha,
-            status=DataStatus.AVAILABLE.value,
+    data_uids = [new_uid() for _ in done]
+    created = [
+        event(
+            actor,
+            "data",
+            data_uid,
+            f.job.seen.owner_uid,
+            "create",
+            to_status=DataStatus.AVAILABLE.value,
+            reason=f"results of {f.job.seen.uid} (attempt {f.attempt})",
         )
-    )
-    await session.execute(
-        update(Attempt)
-        .where(Attempt.uid == attempt)
-        .values(return_code=return_code, result_uid=data_uid)
-        .execution_options(synchronize_session=False)
-    )
-    await insert_events(
+        for f, data_uid in zip(done, data_uids, strict=True)
+    ]
+    moved = await transition_many(
         session,
         [
-            event(
-                actor,
-                "data",
-                data_uid,
-                job.seen.owner_uid,
-                "create",
-                to_status=DataStatus.AVAILABLE.value,
-                reason=f"results of {job.seen.uid} (attempt {attempt})",
+            Move(
+                f.job.seen,
+                f"exit code {f.return_code} on {host.name}",
+                {"result_uid": data_uid, "return_code": f.return_code},
             )
+            for f, data_uid in zip(done, data_uids, strict=True)
+        ],
+        Trigger.COMPLETE,
+        actor=actor,
+        locked=locked,
+        end_attempts=False,  # below, with the result
+        extra_events=created if locked else (),  # all move when locked: their data events go along
+    )
+    ok = [(f, d) for f, d, m in zip(done, data_uids, moved, strict=True) if m is not None]
+    for f, _, m in zip(done, data_uids, moved, strict=True):
+        if m is None:
+            await blobs.unref(session, f.sha)
+    if not ok:
+        return set()
+    if not locked:
+        kept = {d for _, d in ok}
+        await insert_events(session, [e for e in created if e["object_uid"] in kept])
+    await session.execute(
+        _INSERT_DATA,
+        [
+            {
+                "uid": data_uid,
+                "owner_uid": f.job.seen.owner_uid,
+                "group_uid": f.job.group_uid,
+                "access_rights": PRIVATE,
+                "created": now,
+                "modified": now,
+                "name": f"ResultsOf_{f.job.label or f.job.seen.uid}",
+                "type": "ZIP",
+                "os": "ANY",
+                "cpu": "ANY",
+                "size": f.size,
+                "sha256": f.sha,
+                "status": DataStatus.AVAILABLE.value,
+            }
+            for f, data_uid in ok
         ],
     )
-    return True
+    await session.execute(
+        _ATTEMPT_RESULT,
+        [
+            {"w_uid": f.attempt, "v_rc": f.return_code, "v_data": d, "v_ended": now, "v_reason": None}
+            for f, d in ok
+        ],
+    )
+    return {f.attempt for f, _ in ok}
 
 
 REPORTS: dict[str, tuple[Trigger, AttemptState | None]] = {
@@ -211,4 +268,5 @@ async def complete_streamed(
         return False
     await blobs.ref(session, item.sha256, item.size, None)
     store.place(item)
-    return await finish(session, host, actor, attempt, job, item.sha256, item.size, return_code)
+    done = Finished(attempt, job, item.sha256, item.size, return_code)
+    return bool(await finish(session, host, actor, [done], locked=False))

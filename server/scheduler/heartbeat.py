@@ -65,6 +65,8 @@ class Liveness:
         self._heard: dict[str, float] = {}  # host -> monotonic time it was last heard from here
         self._fleet = 0
         self._counted = 0.0
+        self._seed = 0  # the fleet the database knew at start, until this process has heard a window's worth
+        self._seed_until = 0.0
 
     def seen(self, host_uid: str) -> None:
         """A sign of life (heartbeat, claim, result)."""
@@ -78,7 +80,12 @@ class Liveness:
             self._heard = {h: t for h, t in self._heard.items() if now - t <= window}
             self._checked = {h: t for h, t in self._checked.items() if h in self._heard}
             self._fleet, self._counted = len(self._heard), now
-        return self._fleet
+        return max(self._fleet, self._seed) if now < self._seed_until else self._fleet
+
+    def seed(self, hosts: int, window: float) -> None:
+        """Assume a fleet of ``hosts`` for ``window`` seconds (after a restart, before they are heard from
+        again): the alive period, and so the reaper's grace, must be the one those hosts were told."""
+        self._seed, self._seed_until = hosts, time.monotonic() + window
 
     def due_check(self, host_uid: str, every: float) -> bool:
         """Whether it is time to look for jobs ``host_uid`` should run but no longer reports."""
@@ -115,7 +122,9 @@ async def record_usage(session: AsyncSession, rows: list[dict[str, Any]]) -> Non
     """Write reported usage of running attempts (and show it on their jobs), one statement each."""
     if not rows:
         return
-    for table, key in ((table_of(Attempt), "uid"), (table_of(Job), "attempt_uid")):
+    # jobs before attempts, in uid order, as every transaction takes them: no deadlock with a result
+    rows = sorted(rows, key=lambda r: str(r["j"]))
+    for table, key in ((table_of(Job), "attempt_uid"), (table_of(Attempt), "uid")):
         c = table.c
         await session.execute(  # Core executemany (an ORM bulk UPDATE wants primary keys as keys)
             update(table)
@@ -152,7 +161,8 @@ async def beat(
     usages: list[dict[str, Any]] = []
     if reported:
         cols = (*SEEN_COLUMNS, Job.host_uid, Job.memory, Job.wallclock, Job.status_reason)
-        rows = (await session.execute(select(*cols).where(Job.attempt_uid.in_(list(reported))))).all()
+        stmt = select(*cols).where(Job.attempt_uid.in_(list(reported))).order_by(Job.uid)
+        rows = (await session.execute(stmt)).all()
         current = {r.attempt_uid: r for r in rows}
         for attempt, usage in reported.items():
             row = current.get(attempt)
@@ -161,6 +171,7 @@ async def beat(
                 continue
             usages.append(
                 {
+                    "j": row.uid,
                     "a": attempt,
                     "c": usage.cpu_seconds,
                     "r": usage.max_rss,
@@ -175,11 +186,15 @@ async def beat(
         await record_usage(session, usages)
     if check_forgotten:
         cutoff = utcnow() - timedelta(seconds=alive_timeout)
-        forgotten = select(*SEEN_COLUMNS).where(
-            Job.host_uid == host.uid,
-            Job.status.in_(ACTIVE_VALUES),
-            Job.attempt_uid.not_in(list(reported)) if reported else Job.attempt_uid.is_not(None),
-            Job.started < cutoff,
+        forgotten = (
+            select(*SEEN_COLUMNS)
+            .where(
+                Job.host_uid == host.uid,
+                Job.status.in_(ACTIVE_VALUES),
+                Job.attempt_uid.not_in(list(reported)) if reported else Job.attempt_uid.is_not(None),
+                Job.started < cutoff,
+            )
+            .order_by(Job.uid)
         )
         for lost in (await session.execute(forgotten)).all():
             why = f"rescheduled: worker {host.name} no longer runs it"

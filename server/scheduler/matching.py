@@ -11,12 +11,15 @@ Claiming itself is ``server/scheduler/claims.py``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import ColumnElement, and_, or_
 
 from common.enums import AppType, JobStatus, UserRights
 from server.db.models import App, Host, Job
+
+if TYPE_CHECKING:
+    from server.scheduler.catalog import AppInfo
 
 
 def platforms_of(app: App) -> str:
@@ -26,7 +29,7 @@ def platforms_of(app: App) -> str:
     return "|" + "|".join(sorted({f"{b['os']}/{b['cpu']}" for b in app.binaries})) + "|"
 
 
-def binary_for(app: App, os: str, cpu: str) -> dict[str, Any] | None:
+def binary_for(app: App | AppInfo, os: str, cpu: str) -> dict[str, Any] | None:
     """The app binary that best fits a host: exact platform first, then the ANY wildcards."""
     for want in ((os, cpu), ("ANY", cpu), (os, "ANY"), ("ANY", "ANY")):
         for b in app.binaries:

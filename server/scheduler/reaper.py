@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from common.jobstates import ACTIVE, Trigger
@@ -60,7 +60,9 @@ async def requeue_host(session: AsyncSession, host_uid: str, why: str, actor: Ac
     """Put back every job ``host_uid`` holds; how many moved."""
     rows = (
         await session.execute(
-            select(*SEEN_COLUMNS).where(Job.host_uid == host_uid, Job.status.in_(ACTIVE_VALUES))
+            select(*SEEN_COLUMNS)
+            .where(Job.host_uid == host_uid, Job.status.in_(ACTIVE_VALUES))
+            .order_by(Job.uid)
         )
     ).all()
     moved = 0
@@ -88,6 +90,11 @@ async def reaper_loop(
 ) -> None:
     """Flush liveness every second; reap (after the start-up grace) and collect blobs when leader."""
     started = time.monotonic()
+    async with sessions() as session:  # the hosts active before a restart keep the period they were told
+        active = (
+            await session.execute(select(func.count()).select_from(Host).where(Host.active.is_(True)))
+        ).scalar()
+    liveness.seed(int(active or 0), 3 * max(alive_timeout, 600.0))
     last_reap = last_gc = 0.0
     while True:
         await asyncio.sleep(min(1.0, max(0.1, alive_period() / 2)))

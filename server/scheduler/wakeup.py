@@ -21,6 +21,10 @@ from common.enums import JobStatus
 from server.scheduler.writer import Change
 
 PASS_BUDGET = 64  # how many parked requests one wake may visit before it gives up (then: fallback poll)
+# A parked work request looks again this often even if nothing woke it: the fallback for what no wake-up
+# reaches (another process's jobs while no cross-process channel is heard, a pass-on budget spent).
+RECHECK_SECONDS = 5.0
+RECHECK_RATE = 50.0  # fallback looks per second the parked requests may cost at most, whatever their number
 
 
 class Waiters:
@@ -75,6 +79,12 @@ class Wakeups:
     def __init__(self) -> None:
         self.waiters = Waiters()
         self.remote: Callable[[int], None] | None = None  # tell other processes (notify.py)
+        self.recheck = RECHECK_SECONDS  # notify.py lengthens it while other processes are heard
+
+    def recheck_after(self) -> float:
+        """How long a parked request waits unwoken before it looks again: ``recheck``, longer with more
+        waiters, so the fallback's claim queries stay near RECHECK_RATE a second however large the fleet."""
+        return self.recheck * max(1.0, len(self.waiters) / (self.recheck * RECHECK_RATE))
 
     def observe(self, changes: list[Change]) -> None:
         """The status writer's observer: jobs that became PENDING wake as many waiters."""

@@ -17,10 +17,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
+from sqlalchemy import bindparam, insert, update
 from sqlalchemy import event as sa_event
-from sqlalchemy import insert, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
@@ -28,7 +29,7 @@ from common.enums import AttemptState, JobStatus
 from common.errors import IllegalTransition
 from common.jobstates import FINAL, Trigger, advance
 from server.authz import Actor
-from server.db.models import Attempt, Event, Job, utcnow
+from server.db.models import Attempt, Event, Job, table_of, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -140,10 +141,61 @@ def event(
     }
 
 
+_INSERT_EVENTS = insert(table_of(Event))  # Core, built once: no ORM bulk-insert machinery per call
+
+
 async def insert_events(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:
     """Insert event rows in one statement (executemany)."""
     if rows:
-        await session.execute(insert(Event), list(rows))
+        await session.execute(_INSERT_EVENTS, list(rows))
+
+
+@dataclass(frozen=True)
+class Move:
+    """One job to move in :func:`transition_many`: as it was seen, why, and more columns to set."""
+
+    seen: Seen
+    reason: str = ""
+    values: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class _Plan:
+    move: Move
+    after: JobStatus
+    why: str | None
+    sets: dict[str, Any]
+
+
+def _plan(move: Move, trigger: Trigger, now: datetime) -> _Plan:
+    seen = move.seen
+    try:
+        step = advance(seen.status, trigger, retry=seen.retry, max_retries=seen.max_retries)
+    except IllegalTransition:
+        logger.warning(
+            "refused %s on job %s in %s (%s)", trigger.value, seen.uid, seen.status.value, move.reason
+        )
+        raise
+    why = "; ".join(r for r in (move.reason, step.reason) if r)[:MAX_REASON] or None
+    sets: dict[str, Any] = {"status": step.status.value, "retry": step.retry, "status_reason": why}
+    if step.status in (JobStatus.PENDING, JobStatus.WAITING, JobStatus.UNAVAILABLE):
+        sets.update(_OFF_HOST)
+    elif step.status is JobStatus.RUNNING and seen.status is JobStatus.PENDING:
+        sets["started"] = now
+    if step.status in FINAL:
+        sets["completed"] = now
+    sets["modified"] = now
+    sets.update(move.values or {})
+    return _Plan(move, step.status, why, sets)
+
+
+def _expectation(seen: Seen) -> tuple[str, ...]:
+    """Which columns the compare-and-set checks (the attempt only where a job has or must lack one)."""
+    if seen.attempt is not None:
+        return ("uid", "status", "retry", "attempt_uid")
+    if seen.status in (JobStatus.RUNNING, JobStatus.DATAREQUEST):
+        return ("uid", "status", "retry", "attempt_null")
+    return ("uid", "status", "retry")
 
 
 async def transition(
@@ -162,66 +214,157 @@ async def transition(
     more columns to set with the status (a claim's host and attempt, a result); ``attempt_state``
     overrides how the current attempt ends (:data:`ENDS_ATTEMPT`).
     """
-    try:
-        step = advance(seen.status, trigger, retry=seen.retry, max_retries=seen.max_retries)
-    except IllegalTransition:
-        logger.warning("refused %s on job %s in %s (%s)", trigger.value, seen.uid, seen.status.value, reason)
-        raise
-    why = "; ".join(r for r in (reason, step.reason) if r)[:MAX_REASON] or None
-    now = utcnow()
-    sets: dict[str, Any] = {"status": step.status.value, "retry": step.retry, "status_reason": why}
-    if step.status in (JobStatus.PENDING, JobStatus.WAITING, JobStatus.UNAVAILABLE):
-        sets.update(_OFF_HOST)
-    elif step.status is JobStatus.RUNNING and seen.status is JobStatus.PENDING:
-        sets["started"] = now
-    if step.status in FINAL:
-        sets["completed"] = now
-    sets["modified"] = now
-    sets.update(values or {})
-    stmt = (
-        update(Job)
-        .where(Job.uid == seen.uid, Job.status == seen.status.value, Job.retry == seen.retry)
-        .values(**sets)
-        .execution_options(synchronize_session=False)
+    [moved] = await transition_many(
+        session, [Move(seen, reason, values)], trigger, actor=actor, attempt_state=attempt_state
     )
-    if seen.attempt is not None:
-        stmt = stmt.where(Job.attempt_uid == seen.attempt)
-    elif seen.status in (JobStatus.RUNNING, JobStatus.DATAREQUEST):
-        stmt = stmt.where(Job.attempt_uid.is_(None))
-    if getattr(await session.execute(stmt), "rowcount", 0) != 1:
-        return None  # someone else moved it first: nothing written
+    return moved
+
+
+async def transition_many(
+    session: AsyncSession,
+    moves: Sequence[Move],
+    trigger: Trigger,
+    *,
+    actor: Actor | None,
+    attempt_state: AttemptState | None = None,
+    locked: bool = False,
+    end_attempts: bool = True,
+    extra_events: Sequence[Mapping[str, Any]] = (),
+) -> list[JobStatus | None]:
+    """:func:`transition` for several jobs: each new status, or None where the job changed meanwhile.
+
+    ``locked``: the caller holds these rows (PostgreSQL FOR UPDATE, or SQLite's single writer in this
+    very transaction), so no row can have changed since it was read: the updates then go as one
+    executemany per shape of statement instead of one statement per job. Every write stays a
+    compare-and-set either way. ``end_attempts=False``: the caller ends the attempts itself (with more
+    columns); ``extra_events`` go into the same insert as the moves' own events.
+    """
+    now = utcnow()
+    plans = [_plan(m, trigger, now) for m in moves]
+    order = sorted(range(len(plans)), key=lambda i: plans[i].move.seen.uid)  # locks in uid order
+    ordered = [plans[i] for i in order]
+    done_ordered = await (_update_locked(session, ordered) if locked else _update_each(session, ordered))
+    done = [False] * len(plans)
+    for i, ok in zip(order, done_ordered, strict=True):
+        done[i] = ok
+    applied = [p for p, ok in zip(plans, done, strict=True) if ok]
     ends = attempt_state if attempt_state is not None else ENDS_ATTEMPT.get(trigger)
-    if seen.attempt is not None and ends is not None and seen.attempt != (values or {}).get("attempt_uid"):
-        await end_attempts(session, [seen.attempt], ends, why)
+    if ends is not None and end_attempts:
+        await end_attempts_with(
+            session,
+            [
+                (p.move.seen.attempt, p.why)
+                for p in applied
+                if p.move.seen.attempt is not None
+                and p.move.seen.attempt != (p.move.values or {}).get("attempt_uid")
+            ],
+            ends,
+        )
     await insert_events(
         session,
         [
             event(
                 actor,
                 "work",
-                seen.uid,
-                seen.owner_uid,
+                p.move.seen.uid,
+                p.move.seen.owner_uid,
                 trigger.value,
-                from_status=seen.status.value,
-                to_status=step.status.value,
-                reason=why,
+                from_status=p.move.seen.status.value,
+                to_status=p.after.value,
+                reason=p.why,
             )
-        ],
+            for p in applied
+        ]
+        + list(extra_events),
     )
-    note_change(session, Change(seen.uid, seen.status, step.status, trigger))
-    return step.status
+    for p in applied:
+        note_change(session, Change(p.move.seen.uid, p.move.seen.status, p.after, trigger))
+    return [p.after if ok else None for p, ok in zip(plans, done, strict=True)]
+
+
+async def _update_each(session: AsyncSession, plans: Sequence[_Plan]) -> list[bool]:
+    done = []
+    for p in plans:
+        seen = p.move.seen
+        stmt = (
+            update(Job)
+            .where(Job.uid == seen.uid, Job.status == seen.status.value, Job.retry == seen.retry)
+            .values(**p.sets)
+            .execution_options(synchronize_session=False)
+        )
+        if "attempt_uid" in _expectation(seen):
+            stmt = stmt.where(Job.attempt_uid == seen.attempt)
+        elif "attempt_null" in _expectation(seen):
+            stmt = stmt.where(Job.attempt_uid.is_(None))
+        done.append(getattr(await session.execute(stmt), "rowcount", 0) == 1)
+    return done
+
+
+_Shape = tuple[tuple[str, ...], tuple[str, ...]]
+_LOCKED_UPDATES: dict[_Shape, Any] = {}  # statement per shape, built once (their cache keys memoized)
+
+
+def _locked_update(columns: tuple[str, ...], expect: tuple[str, ...]) -> Any:
+    stmt = _LOCKED_UPDATES.get((columns, expect))
+    if stmt is None:
+        jobs = table_of(Job)
+        where = [jobs.c.uid == bindparam("w_uid"), jobs.c.status == bindparam("w_status")]
+        where.append(jobs.c.retry == bindparam("w_retry"))
+        if "attempt_uid" in expect:
+            where.append(jobs.c.attempt_uid == bindparam("w_attempt"))
+        elif "attempt_null" in expect:
+            where.append(jobs.c.attempt_uid.is_(None))
+        stmt = update(jobs).where(*where).values({c: bindparam("v_" + c) for c in columns})
+        _LOCKED_UPDATES[(columns, expect)] = stmt
+    return stmt
+
+
+async def _update_locked(session: AsyncSession, plans: Sequence[_Plan]) -> list[bool]:
+    """One executemany per statement shape (same columns set, same expectation)."""
+    groups: dict[_Shape, list[_Plan]] = {}
+    for p in plans:
+        groups.setdefault((tuple(sorted(p.sets)), _expectation(p.move.seen)), []).append(p)
+    for (columns, expect), group in groups.items():
+        stmt = _locked_update(columns, expect)
+        rows = [
+            {
+                "w_uid": p.move.seen.uid,
+                "w_status": p.move.seen.status.value,
+                "w_retry": p.move.seen.retry,
+                "w_attempt": p.move.seen.attempt,
+                **{"v_" + c: p.sets[c] for c in columns},
+            }
+            for p in group
+        ]
+        result = await session.execute(stmt, rows)
+        count = getattr(result, "rowcount", -1)
+        if count not in (-1, len(rows)):  # -1: the driver does not count executemany rows
+            raise RuntimeError(f"{len(rows) - count} of {len(rows)} locked jobs changed under their lock")
+    return [True] * len(plans)
 
 
 async def end_attempts(
     session: AsyncSession, uids: Iterable[str], state: AttemptState, reason: str | None = None
 ) -> None:
     """Mark attempts ended (those already ended keep their first ending)."""
-    wanted = list(uids)
-    if not wanted:
+    await end_attempts_with(session, [(uid, reason) for uid in uids], state)
+
+
+async def end_attempts_with(
+    session: AsyncSession, items: Sequence[tuple[str | None, str | None]], state: AttemptState
+) -> None:
+    """Mark attempts ended, each with its own reason, in one executemany."""
+    rows = [
+        {"w_uid": uid, "v_reason": reason[:MAX_REASON] if reason else None}
+        for uid, reason in items
+        if uid is not None
+    ]
+    if not rows:
         return
+    attempts = table_of(Attempt)
     await session.execute(
-        update(Attempt)
-        .where(Attempt.uid.in_(wanted), Attempt.ended.is_(None))
-        .values(state=state.value, ended=utcnow(), reason=reason[:MAX_REASON] if reason else None)
-        .execution_options(synchronize_session=False)
+        update(attempts)
+        .where(attempts.c.uid == bindparam("w_uid"), attempts.c.ended.is_(None))
+        .values(state=state.value, ended=utcnow(), reason=bindparam("v_reason")),
+        rows,
     )

@@ -231,3 +231,21 @@ async def test_a_wake_reaches_the_host_that_can_run_the_job(bench: Bench, tmp_pa
     blocked.cancel()
     with pytest.raises(asyncio.CancelledError):
         await blocked
+
+
+async def test_results_sent_twice_are_refused_one_by_one_not_409(bench: Bench) -> None:
+    """A worker whose results request was committed but never answered (a server killed mid-request)
+    sends them again: each is refused as not current, and nothing changes."""
+    await bench.submit(3)
+    xw, host = await bench.host("h")
+    got = await xw.claim_work(host, 0, 3)
+    results = [inline(a.attempt, "once") for a in got]
+    first = await xw.send_results(host, results)
+    assert sorted(first.accepted) == sorted(a.attempt for a in got)
+    again = await xw.send_results(host, results)
+    assert again.accepted == [] and set(again.refused) == {a.attempt for a in got}
+    async with bench.services.sessions() as session:
+        completes = (
+            (await session.execute(select(Event.action).where(Event.action == "complete"))).scalars().all()
+        )
+    assert len(completes) == 3
