@@ -40,11 +40,11 @@ from client.output import FORMATS, render
 from common.enums import CPU, OS, JobStatus, UserRights
 from common.errors import NotFound, ValidationFailed, XWError
 from common.schemas import DataOut, ForwardAddress, JobIn, JobOut, ObjectRef
-from common.uri import is_uid
+from common.uri import XWUri, is_uid
 
 STAGED_RIGHTS = "1700"  # private + sticky: the owner's jobs can fetch it on any worker, nobody else sees it
 USER_ERRORS = (XWError, ConfigError, OSError, ValueError)
-MAX_IN_FLIGHT = 16  # concurrent submissions of an --xwargfile
+MAX_IN_FLIGHT = 16  # concurrent reads of the jobs an --xwargfile created (formats other than short)
 NAMED_KINDS = ("app", "data", "work")  # kinds whose names xwrm/xwchmod/xwevents accept
 
 FC = TypeVar("FC", bound=Callable[..., Any])
@@ -297,22 +297,55 @@ def check_job_args(ctx: click.Context, args: tuple[str, ...]) -> None:
             raise click.NoSuchOption(arg.split("=", 1)[0], ctx=ctx)
 
 
-async def submit_all(xw: XWClient, jobs: list[JobIn], fmt: str) -> None:
-    """Submit jobs concurrently (bounded), print their URIs in order, then raise if any failed."""
+def job_of_line(fields: dict[str, Any], argfile: Path | None, number: int, text: str) -> JobIn:
+    """The job of one line of an --xwargfile; a bad line is an error naming it."""
+    try:
+        if "\x00" in text:  # refused by the server (PostgreSQL cannot store it): say so before sending
+            raise ValueError("args: NUL characters are not allowed")
+        return JobIn(**fields, args=text)
+    except ValueError as exc:  # pydantic's ValidationError is one
+        raise ValueError(f"{argfile}, line {number}: {reason(exc)}") from None
+
+
+async def submit_all(xw: XWClient, jobs: Sequence[JobIn], fmt: str, where: Sequence[str]) -> None:
+    """Submit jobs in batches (``XWClient.submit_many``) and print them in order: their URIs, or the jobs
+    in ``fmt``. ``where`` names each job for errors (``FILE, line N``).
+
+    The caller has checked every job first, so a batch is refused only for what the server alone knows
+    (rights, data) or when the server goes away; the error then names the job, and says how many jobs
+    other batches stored (their URIs are printed): a refused batch stores nothing, the others stay.
+    """
+    try:
+        uids = await xw.submit_many(jobs)
+    except XWError as err:
+        stored: list[str] = err.extra.get("submitted") or []
+        await _echo_jobs(xw, stored, fmt)
+        index = err.extra.get("index")
+        why = err.reason
+        if isinstance(index, int) and 0 <= index < len(where):
+            for prefix in (f"jobs[{index}]: ", f"jobs.{index}.", f"jobs.{index}: "):  # refusal, field, job
+                why = why.removeprefix(prefix)
+            why = f"{where[index]}: {why}"
+        if stored:  # the batches before (or beside) the refused one
+            why += f" ({len(stored):,} of {len(jobs):,} jobs are known to be submitted: those printed above)"
+        raise type(err)(why) from None
+    await _echo_jobs(xw, uids, fmt)
+
+
+async def _echo_jobs(xw: XWClient, uids: Sequence[str], fmt: str) -> None:
+    """Print new jobs: their xw:// URIs in one write, or (other formats) the jobs as the server has them."""
+    if fmt.lower() == "short":
+        if uids:
+            server = xw.uri("").server  # once: 100,000 lines would parse the configuration 100,000 times
+            click.echo("\n".join(str(XWUri(server, uid)) for uid in uids))
+        return
     limit = asyncio.Semaphore(MAX_IN_FLIGHT)
 
-    async def one(job: JobIn) -> JobOut:
+    async def one(uid: str) -> JobOut:
         async with limit:
-            return await xw.submit(job)
+            return await xw.get_job(uid)
 
-    results = await asyncio.gather(*(one(job) for job in jobs), return_exceptions=True)
-    echo_created(xw, "work", [r for r in results if isinstance(r, JobOut)], fmt)
-    errors = [r for r in results if isinstance(r, BaseException)]
-    if not errors:
-        return
-    if not isinstance(errors[0], XWError) or len(jobs) == 1:
-        raise errors[0]
-    raise XWError(f"{len(errors)} of {len(jobs)} jobs failed: {reason(errors[0])}")
+    echo_objects("work", await asyncio.gather(*(one(uid) for uid in uids)), fmt)
 
 
 def new_key_and_csr(common_name: str) -> tuple[str, str]:

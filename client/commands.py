@@ -20,6 +20,7 @@ from client.cli import (
     echo_objects,
     echo_record,
     find_any,
+    job_of_line,
     new_key_and_csr,
     parse_forward_addresses,
     parse_job_status,
@@ -311,9 +312,10 @@ def xwsubmit(
     async def body(xw: XWClient) -> None:
         if argfile is not None and args:
             raise ValueError("give job arguments either on the command line or in --xwargfile, not both")
-        lines = [shlex.join(args)]
+        lines: list[tuple[int, str]] = []  # (line number, arguments)
         if argfile is not None:
-            lines = [line.strip() for line in argfile.read_text().splitlines() if line.strip()]
+            numbered = enumerate(argfile.read_text().splitlines(), 1)
+            lines = [(n, text.strip()) for n, text in numbered if text.strip()]
             if not lines:
                 raise ValueError(f"{argfile} holds no job (one line of arguments per job)")
         if opts["listen_ports"] is not None:
@@ -323,10 +325,18 @@ def xwsubmit(
         fields = {k: v for k, v in opts.items() if v is not None and k not in ("forward", "rights")}
         fields.update(access_rights=opts["rights"], app=await xw.resolve(APP, app))
         JobIn(**fields)  # refuse bad fields before uploading inputs
+        # every line is checked before anything is uploaded or submitted: a bad line submits nothing
+        jobs = [job_of_line(fields, argfile, n, text) for n, text in lines]
         fields["env"] = [(await stage(xw, ref))[0] for ref in env]
         if stdin:
             fields["stdin"] = (await stage(xw, stdin))[0]
-        await submit_all(xw, [JobIn(**fields, args=line) for line in lines], fmt)
+        if argfile is None:
+            echo_created(xw, WORK, [await xw.submit(JobIn(**fields, args=shlex.join(args)))], fmt)
+            return
+        staged: dict[str, Any] = {k: fields[k] for k in ("env", "stdin") if fields.get(k)}
+        if staged:
+            jobs = [job.model_copy(update=staged) for job in jobs]  # the same uids for all: no re-check
+        await submit_all(xw, jobs, fmt, [f"{argfile}, line {n}" for n, _ in lines])
 
     run(config, body)
 

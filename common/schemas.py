@@ -287,6 +287,25 @@ class JobIn(Model):
     access_rights: Mode | None = None
 
 
+MAX_BATCH_JOBS = 10_000  # jobs per POST /jobs/batch: one transaction, a body of a few MiB
+
+
+class JobsIn(Model):
+    """Many jobs submitted at once (``POST /jobs/batch``): all are created, in one transaction, or none."""
+
+    jobs: list[JobIn] = Field(min_length=1, max_length=MAX_BATCH_JOBS)
+
+
+class JobsOut(Model):
+    """What a batch created: the new jobs' uids in the order of the request (not the whole jobs: a reply
+    of 10,000 ``JobOut`` would be ~10 MiB), how many, and how many of them are PENDING (the others are
+    UNAVAILABLE until their input data has content)."""
+
+    count: int
+    pending: int
+    uids: list[str]
+
+
 class JobOut(Owned):
     app: str
     args: str

@@ -1,4 +1,5 @@
-"""Jobs (XWHEP "works"): submit under the app's rights, list, show, delete."""
+"""Jobs (XWHEP "works"): submit (one, or a batch: server/scheduler/submission.py), list, show, hold,
+release, delete."""
 
 from __future__ import annotations
 
@@ -6,19 +7,16 @@ from aiohttp import web
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from common.enums import AppType, DataStatus, JobStatus
+from common.enums import JobStatus
 from common.errors import NotFound, ValidationFailed
 from common.rights import Perm
-from common.schemas import HoldIn, JobIn, JobOut, Page
-from common.uri import new_uid
-from server.authz import Actor, default_rights, require, require_may_insert, require_may_list
-from server.db.models import App, Data, Job, JobRef, utcnow
-from server.events import record
+from common.schemas import MAX_BATCH_JOBS, HoldIn, JobIn, JobOut, JobsIn, JobsOut, Page
+from server.authz import Actor, require, require_may_insert, require_may_list
+from server.db.models import Job
 from server.http import Routes, read_body, reply
 from server.query import OWNER, QueryParam, name_filter, uid_filter
-from server.routes.base import load, paged, path_uid, rights_for
-from server.scheduler import lifecycle
-from server.scheduler.matching import platforms_of
+from server.routes.base import load, paged, path_uid
+from server.scheduler import lifecycle, submission
 from server.state import actor_of, services
 from server.views import job_out
 
@@ -59,14 +57,6 @@ async def list_jobs(request: web.Request) -> web.Response:
     return reply(Page[JobOut](items=[job_out(j) for j in rows], total=total, offset=offset, limit=limit))
 
 
-async def _inputs_available(session: AsyncSession, actor: Actor, refs: list[str]) -> bool:
-    available = True
-    for uid in refs:
-        data = await load(session, Data, uid, actor, Perm.READ, "data")
-        available &= data.status == DataStatus.AVAILABLE.value
-    return available
-
-
 @routes.add(
     "POST",
     "/jobs",
@@ -81,43 +71,43 @@ async def submit(request: web.Request) -> web.Response:
     require_may_insert(actor, "jobs")
     body = await read_body(request, JobIn, svc.settings.max_json_bytes)
     async with svc.sessions() as session, session.begin():
-        app = await load(session, App, body.app, actor, Perm.READ, "application")
-        require(actor, app, Perm.EXECUTE, "application")
-        if AppType(app.type) is AppType.BINARY and not app.binaries:
-            raise ValidationFailed(f"application {app.name!r} has no binary yet; add one with xwsendapp")
-        refs = [*body.inputs, *body.env, *([body.stdin] if body.stdin else [])]
-        ready = await _inputs_available(session, actor, refs)
-        status = JobStatus.PENDING if ready else JobStatus.UNAVAILABLE
-        job = Job(
-            uid=new_uid(),
-            owner_uid=actor.uid,
-            group_uid=actor.group_uid,
-            access_rights=rights_for(body.access_rights, default_rights(actor)) & app.access_rights,
-            app_uid=app.uid,
-            args=body.args,
-            env=list(body.env),
-            stdin_uid=body.stdin,
-            inputs=list(body.inputs),
-            label=body.label,
-            job_group=body.group,
-            expected_host=body.expected_host,
-            wallclock=body.wallclock or app.wallclock,
-            max_retries=body.max_retries,
-            retry=0,
-            listen_ports=list(body.listen_ports),
-            forward_addresses=[f.model_dump() for f in body.forward_addresses],
-            status=status.value,
-            created=utcnow(),
-            platforms=platforms_of(app),
-            memory=body.memory if body.memory is not None else app.min_memory,
-        )
-        session.add(job)
-        await session.flush()
-        session.add_all(JobRef(job_uid=job.uid, data_uid=uid) for uid in dict.fromkeys(refs))
-        record(session, actor, "work", job, "submit", to_status=status.value, reason=f"app {app.name}")
-    if status is JobStatus.PENDING:
-        svc.wakeups.jobs_pending(1)
-    return reply(job_out(job), status=201)
+        done = await submission.submit(session, actor, [body], batch=False)
+    svc.wakeups.jobs_pending(done.pending)
+    return reply(job_out(done.job(0)), status=201)
+
+
+@routes.add(
+    "POST",
+    "/jobs/batch",
+    summary=f"Submit up to {MAX_BATCH_JOBS:,} jobs at once, all or none (needs execute on each application)",
+    body=JobsIn,
+    response=JobsOut,
+    status=201,
+)
+async def submit_batch(request: web.Request) -> web.Response:
+    svc = services(request)
+    actor = actor_of(request)
+    require_may_insert(actor, "jobs")
+    body = await _read_batch(request)
+    async with svc.sessions() as session, session.begin():
+        done = await submission.submit(session, actor, body.jobs, batch=True)
+    svc.wakeups.jobs_pending(done.pending)
+    return reply(JobsOut(count=len(done.rows), pending=done.pending, uids=done.uids), status=201)
+
+
+async def _read_batch(request: web.Request) -> JobsIn:
+    """The batch body, under its own size limit (every other route keeps ``max_json_bytes``); an invalid
+    job is a 422 whose ``index`` names it, like the refusals of ``submission``."""
+    limit = submission.MAX_BATCH_BYTES
+    try:
+        return await read_body(request.clone(client_max_size=limit), JobsIn, limit)
+    except ValidationFailed as err:
+        first = (err.extra.get("errors") or [{}])[0].get("field", "")
+        head, _, rest = first.partition(".")
+        index, _, _ = rest.partition(".")
+        if head == "jobs" and index.isdigit():
+            err.extra["index"] = int(index)
+        raise
 
 
 @routes.add("GET", "/jobs/{uid}", summary="Show a job", response=JobOut)

@@ -8,6 +8,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from client.commands import xwapps, xwchmod, xwevents, xwrm, xwsendapp, xwstatus, xwsubmit, xwworks
 
 URI = re.compile(r"^xw://127\.0\.0\.1/([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$")
@@ -151,3 +153,62 @@ async def test_events_and_rm_of_a_job(grid, tmp_path, xw, user_conf) -> None:  #
     doc = json.loads((await xw(xwevents, alice, job_uid, "--xwformat", "json")).stdout)
     assert [e["action"] for e in doc] == ["submit", "delete"]
     assert "ACTION='create'" in (await xw(xwevents, alice)).stdout  # the app's creation, among all events
+
+
+async def test_argfile_prints_one_uri_per_job_in_file_order(
+    grid: Any, tmp_path: Path, xw: Any, user_conf: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("client.api.SUBMIT_CHUNK", 3)  # 8 jobs: three batches, two in flight
+    alice, api = await user_conf("alice")
+    await send_script_app(xw, alice, tmp_path)
+    argfile = tmp_path / "args.txt"
+    argfile.write_text("".join(f"job {i}\n" + ("\n" if i % 3 == 0 else "") for i in range(8)))
+    result = await xw(xwsubmit, alice, "hello", "--xwargfile", str(argfile))
+    assert result.stderr == ""
+    uids = [uid_of(line) for line in result.stdout.splitlines()]
+    assert result.stdout == "".join(f"xw://127.0.0.1/{uid}\n" for uid in uids)  # nothing else
+    assert [(await api.get_job(uid)).args for uid in uids] == [f"job {i}" for i in range(8)]
+
+    shown = json.loads(
+        (await xw(xwsubmit, alice, "hello", "--xwargfile", str(argfile), "--xwformat", "json")).stdout
+    )
+    assert [job["args"] for job in shown] == [f"job {i}" for i in range(8)]
+    assert {job["status"] for job in shown} == {"PENDING"} and len(await api.jobs()) == 16
+
+
+async def test_a_bad_argfile_line_submits_nothing(grid, tmp_path, xw, user_conf, error_line) -> None:  # type: ignore[no-untyped-def]
+    alice, api = await user_conf("alice")
+    await send_script_app(xw, alice, tmp_path)
+    data_before = len(await api.datas())
+    inputs = tmp_path / "in.txt"
+    inputs.write_text("input")
+    argfile = tmp_path / "args.txt"
+    for bad, reason in (
+        ("x" * 9000, "args: String should have at most 8192 characters"),
+        ("a \x00 b", "args: NUL characters are not allowed"),
+    ):
+        argfile.write_text(f"fine\n\n{bad}\nfine too\n")
+        refused = await xw(
+            xwsubmit, alice, "hello", "--xwargfile", str(argfile), "--xwenv", str(inputs), expect=1
+        )
+        assert refused.stdout == ""
+        assert error_line(refused.stderr, "xwsubmit") == f"{argfile}, line 3: {reason}"
+    assert await api.jobs() == []
+    assert len(await api.datas()) == data_before  # the input was not even uploaded
+
+
+async def test_a_refused_argfile_names_the_line_and_stores_nothing(
+    grid: Any, tmp_path: Path, xw: Any, user_conf: Any, error_line: Any
+) -> None:
+    alice, _ = await user_conf("alice")
+    bob, bob_api = await user_conf("bob")
+    app_uid = uid_of(await send_script_app(xw, alice, tmp_path))
+    await xw(xwchmod, alice, "744", app_uid)  # bob may read it (and resolve its name), not execute it
+    argfile = tmp_path / "args.txt"
+    argfile.write_text("\n1\n2\n")
+    refused = await xw(xwsubmit, bob, "hello", "--xwargfile", str(argfile), expect=1)
+    assert refused.stdout == ""
+    assert error_line(refused.stderr, "xwsubmit") == (
+        f"{argfile}, line 2: bob may not execute application {app_uid} (rights 0744)"
+    )
+    assert await bob_api.jobs() == []
