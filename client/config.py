@@ -1,4 +1,9 @@
-"""Client configuration: --xwconfig FILE, else $XW_CONFIG, else ~/.xwhep/client.conf; XW_* env wins."""
+"""Client configuration: --xwconfig FILE, else $XW_CONFIG, else ~/.xwhep/client.conf; XW_* env wins.
+
+``server`` names one server URL, or several equivalent ones (processes or machines sharing one database)
+as a TOML list or a comma-separated string (``XW_SERVER`` too); the transport uses the first that
+answers and moves on when it stops answering (``client/transport.py``).
+"""
 
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ class ConfigError(Exception):
 class ClientConfig:
     """Where the server is and how to prove who we are."""
 
-    server: str
+    server: str  # one URL, or several separated by commas
     ca: Path | None = None
     login: str | None = None
     password: str | None = None
@@ -28,10 +33,22 @@ class ClientConfig:
     source: Path | None = None
 
     @property
+    def servers(self) -> tuple[str, ...]:
+        """The server URLs, in the order they are tried."""
+        return split_servers(self.server)
+
+    @property
     def host(self) -> str:
-        """The server's name as it appears in xw:// URIs."""
-        rest = self.server.split("://", 1)[-1]
+        """The server's name as it appears in xw:// URIs (the first URL's)."""
+        first = self.servers[0] if self.servers else self.server
+        rest = first.split("://", 1)[-1]
         return rest.split("/", 1)[0].rsplit(":", 1)[0]
+
+
+def split_servers(value: object) -> tuple[str, ...]:
+    """Server URLs from a config value: a list, or a string of comma-separated URLs."""
+    items = value if isinstance(value, list | tuple) else str(value).split(",")
+    return tuple(u for u in (str(i).strip().rstrip("/") for i in items) if u)
 
 
 def load_config(path: str | Path | None = None) -> ClientConfig:
@@ -46,8 +63,8 @@ def load_config(path: str | Path | None = None) -> ClientConfig:
             raise ConfigError(f"cannot read config {file}: {exc}") from None
     elif chosen is not None:
         raise ConfigError(f"config file {file} does not exist")
-    server = os.environ.get("XW_SERVER") or values.get("server")
-    if not server:
+    servers = split_servers(os.environ.get("XW_SERVER") or values.get("server") or "")
+    if not servers:
         raise ConfigError(f"no server configured (use --xwconfig FILE, XW_CONFIG, or {DEFAULT_PATH})")
     base = file.parent
 
@@ -56,7 +73,7 @@ def load_config(path: str | Path | None = None) -> ClientConfig:
         return (base / str(value)).expanduser() if value else None
 
     cfg = ClientConfig(
-        server=str(server).rstrip("/"),
+        server=",".join(servers),
         ca=_path("ca"),
         login=_opt(values.get("login")),
         password=_opt(values.get("password")),

@@ -12,13 +12,14 @@ from aiohttp import web
 
 from server import connguard
 from server.auth import auth_middleware, server_ssl_context
-from server.db.engine import make_engine, make_sessionmaker, upgrade
+from server.db.engine import make_engine, make_sessionmaker
 from server.http import Routes, problem_middleware
 from server.listener import ConnectionLimits, GatedSite
 from server.longpoll import LongPollBudget
 from server.openapi import openapi_routes
 from server.pki import CA
 from server.routes import apps, auth, certificates, data, hosts, jobs, objects, tunnels, users, worker
+from server.scheduler import leader, notify
 from server.scheduler.reaper import reaper_loop
 from server.scheduler.wakeup import Wakeups
 from server.scheduler.writer import observe
@@ -54,7 +55,7 @@ def create_app(settings: ServerSettings, *, migrate: bool = True) -> web.Applica
 
     async def services_ctx(app: web.Application) -> AsyncIterator[None]:
         if migrate:
-            await upgrade(settings.db_url)
+            await leader.upgrade_once(settings.db_url)  # processes starting together take turns
         signer = TokenSigner.from_file(settings.jwt_key, settings.token_ttl)
         signer.write_public(settings.jwt_pub)  # homes made before relays existed get it too
         engine = make_engine(settings.db_url)
@@ -76,24 +77,32 @@ def create_app(settings: ServerSettings, *, migrate: bool = True) -> web.Applica
         finally:
             await engine.dispose()
 
+    async def notify_ctx(app: web.Application) -> AsyncIterator[None]:
+        # other server processes on the same PostgreSQL: their new jobs wake our waiters, ours theirs
+        async with notify.listening(settings, app[SERVICES].wakeups):
+            yield
+
     async def reaper_ctx(app: web.Application) -> AsyncIterator[None]:
         svc = app[SERVICES]
-        loop = reaper_loop(
-            svc.sessions,
-            svc.store,
-            svc.liveness,
-            alive_period=lambda: svc.alive_period(),
-            alive_timeout=settings.alive_timeout,
-        )
-        task = asyncio.create_task(loop, name="reaper")
-        try:
-            yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        async with leader.leadership(settings) as lead:  # one reaper among the processes
+            loop = reaper_loop(
+                svc.sessions,
+                svc.store,
+                svc.liveness,
+                alive_period=lambda: svc.alive_period(),
+                alive_timeout=settings.alive_timeout,
+                is_leader=lead.is_leader,
+            )
+            task = asyncio.create_task(loop, name="reaper")
+            try:
+                yield
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     app.cleanup_ctx.append(services_ctx)
+    app.cleanup_ctx.append(notify_ctx)
     app.cleanup_ctx.append(reaper_ctx)
     for table in [*ROUTE_TABLES, openapi_routes(ROUTE_TABLES)]:
         table.install(app)
@@ -116,8 +125,9 @@ class RunningServer:
         await self.runner.cleanup()
 
 
-async def start(settings: ServerSettings, *, migrate: bool = True) -> RunningServer:
-    """Start serving HTTPS on settings.host:settings.port (0 picks a free port).
+async def start(settings: ServerSettings, *, migrate: bool = True, reuse_port: bool = False) -> RunningServer:
+    """Start serving HTTPS on settings.host:settings.port (0 picks a free port); ``reuse_port``: share the
+    port with the other processes of ``xwserver run --processes N`` (SO_REUSEPORT).
 
     The gated listener (server/listener.py) caps open connections and times out handshakes, request
     heads, bodies and idle keep-alives. ``listener = "plain"`` is aiohttp's TCPSite as it was before
@@ -128,7 +138,12 @@ async def start(settings: ServerSettings, *, migrate: bool = True) -> RunningSer
         runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         await runner.setup()
         site = web.TCPSite(
-            runner, settings.host, settings.port, ssl_context=server_ssl_context(settings), backlog=BACKLOG
+            runner,
+            settings.host,
+            settings.port,
+            ssl_context=server_ssl_context(settings),
+            backlog=BACKLOG,
+            reuse_port=reuse_port or None,
         )
         await site.start()
         sockets = getattr(site._server, "sockets", None)
@@ -154,6 +169,7 @@ async def start(settings: ServerSettings, *, migrate: bool = True) -> RunningSer
         ssl_context=server_ssl_context(settings),
         limits=limits,
         backlog=BACKLOG,
+        reuse_port=reuse_port,
     )
     try:
         await gated.start()

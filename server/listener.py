@@ -94,9 +94,13 @@ class GatedSite(web.BaseSite):
         ssl_context: ssl.SSLContext,
         limits: ConnectionLimits,
         backlog: int = 1024,
+        reuse_port: bool = False,
     ) -> None:
         super().__init__(runner, ssl_context=ssl_context, backlog=backlog)
         self._host, self._port = host, port
+        # SO_REUSEPORT: several server processes listen on one port; the kernel spreads new connections
+        # over them (xwserver run --processes N). Any process of the same user could join the group.
+        self._reuse_port = reuse_port
         self._ssl = ssl_context
         self.limits = limits
         self.table = ConnectionTable(limits.max_connections)
@@ -127,6 +131,8 @@ class GatedSite(web.BaseSite):
         lsock = socket.socket(family, kind, proto)
         try:
             lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if self._reuse_port:
+                lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             lsock.bind(address)
             lsock.listen(self._backlog)
             lsock.setblocking(False)
