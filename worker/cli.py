@@ -76,10 +76,10 @@ def default_work_dir(name: str) -> Path:
 )
 @click.option(
     "--longpoll",
-    type=click.FloatRange(1, 300),
-    default=30.0,
+    type=click.FloatRange(1, 3600),
+    default=300.0,
     show_default=True,
-    help="Work request wait (s).",
+    help="Longest wait of a work request (s); the server caps it at what it can afford.",
 )
 @click.option("-v", "--verbose", is_flag=True)
 def main(

@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import os
 import platform
+import random
 import shlex
 import shutil
 import time
@@ -48,6 +49,16 @@ logger = logging.getLogger(__name__)
 
 RETRY_UPLOAD_SECONDS = 3.0
 BACKOFF_MAX = 30.0
+# A server that cannot be reached at start is waited for: a volunteer machine that boots during an
+# outage must join the grid when the server is back, not stay off it.
+ENROL_RETRY_MIN = 1.0
+ENROL_RETRY_MAX = 60.0
+# After a failed heartbeat: try again soon (never later than half a period), so that a restarted server
+# hears from us well within its start-up grace (a whole alive timeout, at least three periods).
+HEARTBEAT_RETRY_MIN = 1.0
+HEARTBEAT_RETRY_MAX = 15.0
+# A heartbeat unanswered this long has failed (a dead peer may leave the connection hanging for minutes).
+HEARTBEAT_TIMEOUT_MIN = 30.0
 TICK_SECONDS = 0.5
 SHUTDOWN_GRACE = 10.0
 # Jobs of a root worker run under uids no account uses: base + (worker pid mod 4096) * 1024 + slot.
@@ -81,7 +92,7 @@ class WorkerOptions:
     max_jobs: int | None = None
     max_idle: float | None = None
     project: str | None = None
-    longpoll: float = 30.0
+    longpoll: float = 300.0  # the server caps it (30 s, more for a large fleet)
     activation: tuple[int, int] | None = None  # (start hour, end hour), e.g. (20, 7)
     memory_limit: int = DEFAULT_ADDRESS_SPACE  # address-space cap of a job that requests no memory
     cache_dir: Path | None = None  # default: work_dir/cache
@@ -156,7 +167,10 @@ class Worker:
         self.opt.sandbox.check_reachable(self.jobs_root)  # jobs of a root worker run as nobody
         for pid in kill_leftovers(self.jobs_root):
             self.log.warning("killed process %d left over from a previous run of this worker", pid)
-        await self._enrol()
+        if not await self._unless_stopped(self._enrol_patiently()):
+            await self.tunnels.aclose()
+            self.log.info("worker stopped before it enrolled: %s", self._stop_reason)
+            return self._stop_reason
         loops = [self._heartbeat_loop(), self._tick_loop(), self._upload_retry_loop(), self._claim_loop()]
         loops += [self.outbox.run()]
         tasks = [asyncio.create_task(self._guard(c), name=getattr(c, "__qualname__", "loop")) for c in loops]
@@ -182,6 +196,56 @@ class Worker:
         except Exception:
             self.log.exception("internal error in %s", getattr(loop, "__qualname__", loop))
             self.stop(f"internal error in {getattr(loop, '__qualname__', loop)}")
+
+    async def _unless_stopped(self, coro: Coroutine[Any, Any, None]) -> bool:
+        """Run ``coro`` unless the worker is stopped first (then cancel it); whether it ran to its end."""
+        task = asyncio.create_task(coro)
+        stopped = asyncio.create_task(self._stop.wait())
+        try:
+            await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, XWError):
+                    await task
+        if task.cancelled():
+            return False
+        task.result()  # a refusal propagates
+        return True
+
+    async def _enrol_patiently(self) -> None:
+        """Enrol, waiting out an outage (jittered exponential backoff) for as long as it lasts.
+
+        Only an unreachable or failing server is waited for; its refusals (bad password, revoked or
+        unknown host, forbidden) raise at once, as does an outage longer than a pilot's --max-idle.
+        """
+        started = time.monotonic()
+        backoff = ENROL_RETRY_MIN
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                await self._enrol()
+                return
+            except TooManyRequests as err:
+                delay = float(err.retry_after)  # the server asks us to come back later: do as told
+                self.log.info("enrolment deferred by the server: %s; retrying in %.0f s", err.reason, delay)
+            except XWError as err:
+                if not _outage(err):
+                    raise
+                waited = time.monotonic() - started
+                if self.opt.max_idle is not None and waited >= self.opt.max_idle:
+                    # a pilot must not hold its batch slot waiting for a server that is down
+                    raise type(err)(
+                        f"{err.reason} (gave up after {waited:.0f} s: --max-idle {self.opt.max_idle:g})"
+                    ) from None
+                delay = backoff * random.uniform(0.5, 1.0)  # jitter: a restarted server is not stormed
+                backoff = min(backoff * 2, ENROL_RETRY_MAX)
+                self.log.warning(
+                    "cannot enrol (attempt %d): %s; retrying in %.1f s", attempt, err.reason, delay
+                )
+            await asyncio.sleep(delay)
 
     async def _enrol(self) -> None:
         free = shutil.disk_usage(self.opt.work_dir).free
@@ -289,8 +353,11 @@ class Worker:
         self._spawn(self._run_job(a, slot))
 
     async def _heartbeat_loop(self) -> None:
+        delay = self.alive_period
+        backoff = HEARTBEAT_RETRY_MIN
+        failures = 0
         while not self._stop.is_set():
-            await asyncio.sleep(self.alive_period)
+            await asyncio.sleep(delay)
             usage = []
             for uid in self.state.held():
                 held = self.held.get(uid)
@@ -307,14 +374,32 @@ class Worker:
                         net_out=net_out,
                     )
                 )
+            wait = max(HEARTBEAT_TIMEOUT_MIN, self.alive_period)
             try:
-                reply = await self.client.heartbeat(self.host_uid, Heartbeat(running=usage))
-            except XWError as err:
+                async with asyncio.timeout(wait):
+                    reply = await self.client.heartbeat(self.host_uid, Heartbeat(running=usage))
+            except (XWError, TimeoutError) as exc:
+                err = exc if isinstance(exc, XWError) else TransportError(f"no answer within {wait:g} s")
                 if self._credential_refused(err):
                     return
-                self.log.warning("heartbeat failed: %s", err.reason)
+                if not (_outage(err) or isinstance(err, TooManyRequests)):
+                    self.log.warning("heartbeat refused: %s", err.reason)
+                    delay = self.alive_period
+                    continue
+                # Retry soon: silent past the alive timeout we would be lost and our jobs rerun. Our
+                # jobs keep running meanwhile; nothing is given back or killed because of an outage.
+                failures += 1
+                cap = min(HEARTBEAT_RETRY_MAX, self.alive_period / 2)
+                delay = min(backoff, cap) * random.uniform(0.5, 1.0)
+                if isinstance(err, TooManyRequests):
+                    delay = max(delay, float(err.retry_after))
+                backoff = min(backoff * 2, HEARTBEAT_RETRY_MAX)
+                self.log.warning("heartbeat failed: %s; retrying in %.1f s", err.reason, delay)
                 continue
-            self.alive_period = reply.alive_period
+            if failures:
+                self.log.info("heartbeat answered again after %d failed attempt(s)", failures)
+            failures, backoff = 0, HEARTBEAT_RETRY_MIN
+            self.alive_period = delay = reply.alive_period
             for uid, reason in reply.kill.items():
                 self._apply(self.state.handle(st.KillOrder(uid, reason)))
 
@@ -498,6 +583,12 @@ class Worker:
                 held.run.cleanup()
         for task in list(self._tasks):
             task.cancel()
+
+
+def _outage(err: XWError) -> bool:
+    """Whether ``err`` says the server is unreachable or failing (down, restarting, behind a failing
+    proxy) rather than answering no: the former is waited out, the latter is an answer."""
+    return isinstance(err, TransportError) or err.status >= 500
 
 
 def kill_leftovers(jobs_root: Path) -> list[int]:
