@@ -14,7 +14,7 @@ from typing import Any
 
 from bench.harness import DOC, RESULTS, ROOT, load_results, machine_line
 
-ORDER = ["dispatch", "latency", "scale", "submit", "relay", "data", "connections"]
+ORDER = ["dispatch", "latency", "scale", "submit", "relay", "data", "connections", "processes"]
 ANALYSIS = ROOT / "bench" / "analysis.md"
 OTHERS = "other processes' cores"
 
@@ -92,7 +92,7 @@ def table(records: list[dict[str, Any]]) -> list[str]:
     for rec in records:
         machine = machine_line(rec.get("machine", {}))
         command = f"`{rec.get('command', '')}`"
-        if rec.get("benchmark") == "dispatch":
+        if rec.get("benchmark") in ("dispatch", "submit", "processes"):
             command += " (under `scripts/pg-test-server --` for PostgreSQL)"
         for row in rec.get("rows", []):
             out.append(
@@ -214,13 +214,37 @@ def _scale(d: dict[str, Any]) -> list[str]:
 
 
 def _submit(d: dict[str, Any]) -> list[str]:
-    api = d.get("api", {})
-    tenths = ", ".join(num(x) for x in api.get("rate_per_tenth", []))
-    lst = d.get("list", {})
+    out = md_head(
+        "database",
+        "xwsubmit run",
+        "seconds",
+        "jobs/s",
+        "server ms CPU/job",
+        "server cores",
+        "command CPU s",
+        OTHERS,
+    )
+    for db in ("SQLite", "PostgreSQL"):
+        for i, r in enumerate(d.get(db, {}).get("runs", []), 1):
+            out.append(
+                md_row(
+                    db,
+                    f"{i} (jobs before it: {(i - 1) * r['jobs']:,})",
+                    num(r["seconds"]),
+                    num(r["jobs_per_s"]),
+                    num(r["server_cpu_ms_per_job"]),
+                    num(r["server_cpu_busy"]),
+                    num(r["command_cpu_s"]),
+                    num(r["others_cpu_busy"]),
+                )
+            )
+    old = d.get("SQLite", {}).get("one_per_request", {})
+    lst = d.get("SQLite", {}).get("list", {})
     return [
-        f"* API: {api.get('jobs', 0):,} jobs in {num(api.get('seconds'))} s; jobs/s per tenth of the run: "
-        f"{tenths}; server {num(api.get('server_cpu_busy'))} cores busy, load generator "
-        f"{num(api.get('client_cpu_busy'))}, other processes {num(api.get('others_cpu_busy'))}.",
+        *out,
+        "",
+        f"* One POST /jobs per job ({d.get('in_flight_baseline')} in flight), SQLite: {old.get('jobs', 0):,} "
+        f"jobs in {num(old.get('seconds'))} s, server {num(old.get('server_cpu_ms_per_job'))} ms CPU/job.",
         f"* List: {lst.get('pages')} pages; first page {num(lst.get('first_page_ms'))} ms, median "
         f"{num(lst.get('median_page_ms'))} ms, last page {num(lst.get('last_page_ms'))} ms "
         "(offset pagination).",
@@ -319,6 +343,37 @@ def _connections(d: dict[str, Any]) -> list[str]:
     return out
 
 
+def _processes(d: dict[str, Any]) -> list[str]:
+    out = md_head(
+        "server processes",
+        "jobs/s",
+        "ms CPU/job: servers / PostgreSQL / load generator",
+        "cores: servers / PostgreSQL / load generator",
+        OTHERS,
+    )
+    for r in d.get("runs", []):
+        out.append(
+            md_row(
+                r["processes"],
+                num(r["jobs_per_s"]),
+                f"{num(r['server_cpu_ms_per_job'])} / {num(r.get('postgres_cpu_ms_per_job'))} / "
+                f"{num(r.get('client_cpu_ms_per_job'))}",
+                f"{num(r['server_cpu_busy'])} / {num(r.get('postgres_cpu_busy'))} / "
+                f"{num(r['client_cpu_busy'])}",
+                num(r.get("others_cpu_busy")),
+            )
+        )
+    out += ["", "| wake-up | p50 ms | p90 ms | p99 ms | max ms |", "|---|---|---|---|---|"]
+    for key, label in (("across", "submit on A -> RUNNING on B"), ("same", "submit on B -> RUNNING on B")):
+        for what, how in (("running", "server: started - created"), ("claimed", "client: submit -> claimed")):
+            s = (d.get(key) or {}).get(what) or {}
+            out.append(
+                f"| {label} ({how}) | {num(s.get('p50_ms'))} | {num(s.get('p90_ms'))} | "
+                f"{num(s.get('p99_ms'))} | {num(s.get('max_ms'))} |"
+            )
+    return out
+
+
 DETAILS = {
     "dispatch": _dispatch,
     "latency": _latency,
@@ -327,6 +382,7 @@ DETAILS = {
     "relay": _relay,
     "data": _data,
     "connections": _connections,
+    "processes": _processes,
 }
 
 
@@ -379,9 +435,9 @@ def render(results: dict[str, Any], *, quick: bool) -> str:
         "this file; `make bench-quick` runs every benchmark with tiny sizes in about two minutes (part",
         "of CI: it fails if a benchmark crashes) and writes its report to a temporary directory. One",
         "benchmark: `.venv/bin/python -m bench.NAME [--quick] [--no-profile] [--keep]` with NAME one of",
-        "dispatch, latency, scale, submit, relay, data, connections. Profiles need py-spy in the virtualenv",
-        "(`.venv/bin/pip install py-spy`); the OpenSSH baseline needs `openssh-server`. Both are skipped,",
-        "with the reason in the report, when missing.",
+        "dispatch, latency, scale, submit, relay, data, connections, processes. Profiles need py-spy in the",
+        "virtualenv (`.venv/bin/pip install py-spy`); the OpenSSH baseline needs `openssh-server`. Both are",
+        "skipped, with the reason in the report, when missing.",
         "",
         "## Goals",
         "",

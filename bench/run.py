@@ -41,6 +41,7 @@ BENCHMARKS = {
     "relay": (600, 180),
     "data": (600, 180),
     "connections": (900, 180),
+    "processes": (1200, 300),
 }
 
 

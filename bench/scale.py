@@ -1,25 +1,32 @@
-"""Worker scale: how many simulated idle workers one server holds with heartbeat p99 under 200 ms, and its
-CPU and memory per 1,000 workers.
+"""Worker scale: how many simulated idle workers one server holds with heartbeat p99 under 200 ms, its CPU
+and memory per 1,000 workers, and how fast a job submitted to that idle fleet starts.
 
 The server runs as its own process (``xwserver run``) so that psutil measures only it. Each simulated
-worker enrols its own host and then behaves like an idle one-slot ``xwworker``: a heartbeat (``POST
-/hosts/{h}/alive``) every ``alive_period`` seconds (10 s, the default) and one outstanding long-poll
-(``POST /hosts/{h}/work?wait=30``); a second ramp, on a fresh server, sends heartbeats only
-(``--longpoll-only`` skips it). The workers share one WORKER_USER token and a few client sessions
-(aiohttp opens one TLS connection per request in flight, so each long-poll holds one). The ramp adds
-workers (100, 250, 500, 1000, 1500, 2000, 3000, ...) and measures heartbeat latency over 1.5 periods at
-each level, until p99 exceeds 200 ms or the time cap (if the first level already fails, 50 and then 25
-workers are tried). The load generator shares the machine's cores with the server; its CPU is reported
-beside the server's.
+worker enrols its own host (and speaks with its own host credential) and then behaves like an idle
+one-slot ``xwworker``: a heartbeat (``POST /hosts/{h}/alive``) every alive period — the period the
+server answers, which it stretches as the fleet grows (``heartbeats_per_second``) — and one outstanding
+long-poll (``POST /hosts/{h}/work?wait=300&max=1``: the server caps the wait, longer for a larger fleet,
+and parks the request on a future; past ``max_longpolls`` it answers 429 with a Retry-After the worker
+obeys). A job that reaches a simulated worker is completed at once with a tiny inline result. A second
+ramp, on a fresh server, sends heartbeats only (``--longpoll-only`` skips it). The workers share one
+WORKER_USER token and a few client sessions spread over several loopback source addresses (127.0.0.x:
+past the ephemeral-port limit of one address). At each level the ramp measures heartbeat latency over
+1.5 periods, then the start latency of jobs submitted one by one to the idle fleet (the server's
+``started - created``), until p99 exceeds 200 ms or the time cap. The load generator shares the
+machine's cores with the server; its CPU is reported beside the server's.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
+import hashlib
+import io
 import random
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,17 +44,42 @@ from bench.harness import (
     self_cpu,
 )
 from bench.profiling import start_profiler
-from bench.servers import PASSWORD, Server, add_user, pg_database, running_server
+from bench.servers import PASSWORD, Server, add_user, pg_database, running_server, script_app
 from client.api import XWClient
 from common.enums import CPU, OS, UserRights
-from common.errors import XWError
-from common.schemas import Heartbeat, HostIn
+from common.errors import TooManyRequests, XWError
+from common.schemas import Heartbeat, HostIn, InlineResult, JobIn
 
 NAME = "scale"
 LIMIT_MS = 200.0
-SESSIONS = 16
-LONGPOLL = 30.0
+SESSIONS = 32
+LONGPOLL = 300.0  # what the simulated workers ask for, as xwworker does (the server caps it)
+STARTS = 20  # jobs submitted one by one to the idle fleet at each level
 GOAL = "100,000 workers per server"
+
+
+def tiny_result_zip_bytes() -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("stdout.txt", "ok\n")
+    return buf.getvalue()
+
+
+async def start_latency(submitter: XWClient, app: str, n: int) -> dict[str, Any]:
+    """Submit ``n`` jobs one at a time to the idle fleet; their start latency (server clocks)."""
+    lat: list[float] = []
+    for i in range(n):
+        job = await submitter.submit(JobIn(app=app, args=str(i)))
+        for _ in range(200):
+            seen = await submitter.get_job(job.uid)
+            if seen.started is not None:
+                lat.append((seen.started - seen.created).total_seconds())
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.1)
+    out = latency_summary(lat)
+    out["started"] = len(lat)
+    return out
 
 
 @dataclass
@@ -62,6 +94,7 @@ class Fleet:
     errors: list[str] = field(default_factory=list)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     size: int = 0
+    deferred: int = 0  # long-polls the server told to come back later (429)
 
     async def grow(self, target: int) -> float:
         """Enrol workers until there are ``target``; seconds it took."""
@@ -99,22 +132,37 @@ class Fleet:
         next_at = loop.time() + random.uniform(0, self.period)  # workers start at random phases
         while True:
             await asyncio.sleep(max(0.0, next_at - loop.time()))
-            next_at += self.period
             t0 = time.perf_counter()
             try:
-                await xw.heartbeat(uid, Heartbeat())
+                reply = await xw.heartbeat(uid, Heartbeat())
             except XWError as exc:
                 self.errors.append(f"heartbeat: {exc.reason}")
+                next_at += self.period
                 continue
             self.beats.append((t0, time.perf_counter() - t0))
+            self.period = reply.alive_period  # as xwworker does: the server sets the pace
+            next_at += self.period
 
     async def longpolls(self, xw: XWClient, uid: str) -> None:
+        raw = tiny_result_zip_bytes()
+        content, sha = base64.b64encode(raw).decode(), hashlib.sha256(raw).hexdigest()
         while True:
             try:
-                await xw.request_work(uid, LONGPOLL)
+                got = await xw.claim_work(uid, LONGPOLL, 1)
+            except TooManyRequests as exc:
+                self.deferred += 1
+                await asyncio.sleep(exc.retry_after)
+                continue
             except XWError as exc:
                 self.errors.append(f"long-poll: {exc.reason}")
                 await asyncio.sleep(1)
+                continue
+            if got:
+                result = InlineResult(attempt=got[0].attempt, return_code=0, content=content, sha256=sha)
+                try:
+                    await xw.send_results(uid, [result])
+                except XWError as exc:
+                    self.errors.append(f"result: {exc.reason}")
 
     async def aclose(self) -> None:
         for task in self.tasks:
@@ -156,7 +204,8 @@ async def hold(fleet: Fleet, level: int, window: float, profile: Path | None) ->
     return out
 
 
-LEVELS = [100, 250, 500, 1000, 1500, 2000, 3000, 4000, 6000, 8000, 12000, 16000, 24000, 32000, 64000, 100_000]
+LEVELS = [1000, 2500, 5000, 10_000, 20_000, 40_000, 70_000, 100_000]
+SOURCES = 8  # loopback source addresses the sessions connect from
 BELOW = [50, 25]  # tried when the first level already fails: where the limit actually is
 
 
@@ -169,7 +218,11 @@ async def ramp(server: Server, where: Path, opts: Options, longpoll: bool) -> di
     login = f"fleet{'lp' if longpoll else 'hb'}"
     await add_user(admin, login, UserRights.WORKER_USER)
     token = (await admin.login(login, PASSWORD)).access_token
-    fleet = Fleet(server, [server.token_client(token) for _ in range(SESSIONS)], period, longpoll)
+    clients = [server.token_client(token, source=f"127.0.0.{2 + i % SOURCES}") for i in range(SESSIONS)]
+    fleet = Fleet(server, clients, period, longpoll)
+    await add_user(admin, f"{login}-user", UserRights.STANDARD_USER)
+    submitter = server.client(f"{login}-user")
+    app = (await script_app(submitter, where, f"start-{login}", "true\n")) if longpoll else ""
     base_rss = server.sample().rss / 2**20
     out: dict[str, Any] = {"period_s": period, "window_s": window, "base_rss_mib": base_rss, "levels": []}
     t_start = time.perf_counter()
@@ -181,13 +234,19 @@ async def ramp(server: Server, where: Path, opts: Options, longpoll: bool) -> di
             enrol_s = await fleet.grow(level)
             await asyncio.sleep(min(period, 5.0))  # let the enrolment burst pass
             profile = where / f"scale-{login}-{level}.pyspy" if opts.profile else None
-            res = await hold(fleet, level, window, profile)
+            res = await hold(fleet, level, fleet.period * 1.5, profile)
             res["enrol_s"] = enrol_s
+            res["period_s"] = fleet.period
+            res["deferred"] = fleet.deferred
+            if longpoll:
+                res["start"] = await start_latency(submitter, app, STARTS)
             out["levels"].append(res)
+            start = f", job start p50 {res['start']['p50_ms']:.0f} ms" if "start" in res else ""
             log(
-                f"{'long-poll+heartbeat' if longpoll else 'heartbeat only'}: {level} workers: hb p50 "
-                f"{res['p50_ms']:.0f} ms p99 {res['p99_ms']:.0f} ms, server {res['server_cpu_busy']:.2f} "
-                f"cores {res['server_rss_mib']:.0f} MiB, client {res['client_cpu_busy']:.2f} cores"
+                f"{'long-poll+heartbeat' if longpoll else 'heartbeat only'}: {level} workers "
+                f"(period {fleet.period:.0f} s): hb p50 {res['p50_ms']:.0f} ms p99 {res['p99_ms']:.0f} ms, "
+                f"server {res['server_cpu_busy']:.2f} cores {res['server_rss_mib']:.0f} MiB, "
+                f"client {res['client_cpu_busy']:.2f} cores{start}"
             )
             if res["p99_ms"] > LIMIT_MS and level == LEVELS[0] and not opts.quick and not res["errors"]:
                 return await below(server, where, opts, longpoll, out, fleet)
@@ -300,7 +359,7 @@ async def measure(opts: Options, where: Path) -> Record:
     modes = [("idle workers: heartbeat + long-poll", True)]
     if not opts.extra.longpoll_only:
         modes.append(("heartbeat only", False))
-    settings = {"longpoll": LONGPOLL, "alive_period": 2.0 if opts.quick else 10.0, "alive_timeout": 60.0}
+    settings = {"alive_period": 2.0 if opts.quick else 10.0, "alive_timeout": 60.0}
     for mode, longpoll in modes:
         async with contextlib.AsyncExitStack() as stack:
             url = await stack.enter_async_context(pg_database()) if opts.extra.db == "postgresql" else ""
@@ -335,7 +394,7 @@ def _last_profiles(profiles: dict[str, Any]) -> dict[str, Any]:
 
 
 def add_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--cap", type=float, default=120.0, help="time cap of each ramp, seconds")
+    parser.add_argument("--cap", type=float, default=900.0, help="time cap of each ramp, seconds")
     parser.add_argument("--db", choices=["sqlite", "postgresql"], default="sqlite")
     parser.add_argument("--longpoll-only", action="store_true", help="skip the heartbeat-only ramp")
 

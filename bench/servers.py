@@ -157,9 +157,11 @@ class Server:
         self.clients.append(xw)
         return xw
 
-    def token_client(self, token: str, *, limit: int = 0) -> XWClient:
-        """A new XWClient that sends ``token`` (no login of its own); ``limit`` 0 = unlimited connections."""
-        xw = XWClient(self.config(), BearerTransport(self.config(), token, limit=limit))
+    def token_client(self, token: str, *, limit: int = 0, source: str | None = None) -> XWClient:
+        """A new XWClient that sends ``token`` (no login of its own); ``limit`` 0 = unlimited connections;
+        ``source``: the loopback address to connect from (127.0.0.x: more ephemeral ports)."""
+        local = (source, 0) if source else None
+        xw = XWClient(self.config(), BearerTransport(self.config(), token, limit=limit, local_addr=local))
         self.clients.append(xw)
         return xw
 
@@ -240,8 +242,10 @@ async def running_server(
 class BearerTransport(HttpTransport):
     """The client transport, sending a token obtained elsewhere (many simulated hosts, one login)."""
 
-    def __init__(self, cfg: ClientConfig, token: str, *, limit: int = 0) -> None:
-        super().__init__(cfg, limit=limit)
+    def __init__(
+        self, cfg: ClientConfig, token: str, *, limit: int = 0, local_addr: tuple[str, int] | None = None
+    ) -> None:
+        super().__init__(cfg, limit=limit, local_addr=local_addr)
         self._bearer = f"Bearer {token}"
 
     async def handle(self, req: ApiRequest) -> ApiResponse:
