@@ -7,6 +7,7 @@ attempt that is its job's current one on that host. The rules live in ``server/s
 
 from __future__ import annotations
 
+import random
 import time
 
 from aiohttp import web
@@ -48,6 +49,7 @@ WAIT = QueryParam(
 MAX = integer_range("max", "jobs to claim at most (the worker's free slots)", 1, MAX_CLAIM)
 RETURN_CODE = integer_range("return_code", "the job's exit code", required=True)
 MAX_RESULT_BYTES = 1 << 36
+LONGPOLL_JITTER = 0.25  # a long-poll at the server's cap waits 75-100 % of it
 ACTIVE_VALUES = [s.value for s in ACTIVE]
 
 
@@ -68,6 +70,10 @@ async def request_work(request: web.Request) -> web.StreamResponse:
     asked = WAIT.optional_number(request)
     longest = svc.longpoll()
     wait = longest if asked is None else min(asked, longest)
+    if wait >= longest:
+        # the server's cap: a fleet that started together (after an outage, a restart) would otherwise
+        # come back together, every long-poll period, each with a claim query
+        wait *= random.uniform(1.0 - LONGPOLL_JITTER, 1.0)
     deadline = time.monotonic() + wait
     budget = 0  # the pass-on budget of the wake-up that woke us, if one did
     # a place in the long-poll budget is taken only once the request actually waits (429 past it)
@@ -89,7 +95,12 @@ async def request_work(request: web.Request) -> web.StreamResponse:
             if remaining <= 0:
                 return web.Response(status=204)
             place.take()
-            budget = await svc.wakeups.waiters.wait(min(remaining, svc.wakeups.recheck_after()))
+            # unwoken, a parked request looks again after a while (the fallback for a missed wake-up),
+            # at a jittered time so that parked requests do not look together
+            recheck = svc.wakeups.recheck_after() * random.uniform(0.5, 1.0)
+            budget = await svc.wakeups.waiters.wait(min(remaining, recheck))
+            if not budget and recheck >= remaining:
+                return web.Response(status=204)  # its time is up; the worker's next request claims first
 
 
 @routes.add(

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import Select, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from common.enums import AppType, AttemptState, JobStatus
@@ -24,12 +25,19 @@ from common.uri import new_uid
 from server.authz import Actor
 from server.db.models import Attempt, Job, table_of, utcnow
 from server.scheduler.catalog import AppInfo, Catalog
-from server.scheduler.matching import HostView, binary_for, match_clause
+from server.scheduler.matching import HostView, binary_for, match_of, match_where
 from server.scheduler.writer import Move, Seen, transition, transition_many
 from server.views import job_out
 
 MAX_CLAIM = 64  # jobs one work request may take
 _INSERT_ATTEMPTS = insert(table_of(Attempt))  # Core, built once
+
+
+@lru_cache(maxsize=4 * MAX_CLAIM)
+def _claim_select(shape: tuple[bool, str, bool], limit: int, locking: bool) -> Select[Any]:
+    """The candidates of a claim, oldest first (one statement object per shape, limit and dialect)."""
+    stmt = select(table_of(Job)).where(match_where(shape)).order_by(Job.created).limit(limit)
+    return stmt.with_for_update(skip_locked=True) if locking else stmt
 
 
 @dataclass(frozen=True)
@@ -46,16 +54,10 @@ async def claim(
     session: AsyncSession, host: HostView, actor: Actor, want: int, catalog: Catalog
 ) -> list[Claimed]:
     """Claim up to ``want`` jobs ``host`` may run, in the caller's transaction."""
-    jobs = table_of(Job)
-    stmt = (
-        select(jobs)
-        .where(match_clause(host, actor.rights, actor.group_uid))
-        .order_by(Job.created)
-        .limit(max(1, min(want, MAX_CLAIM)))
-    )
-    if session.bind is not None and session.bind.dialect.name == "postgresql":
-        stmt = stmt.with_for_update(skip_locked=True)
-    rows = (await session.execute(stmt)).all()
+    match = match_of(host, actor.rights, actor.group_uid)
+    locking = session.bind is not None and session.bind.dialect.name == "postgresql"
+    stmt = _claim_select(match.shape, max(1, min(want, MAX_CLAIM)), locking)
+    rows = (await session.execute(stmt, match.params)).all()
     if not rows:
         return []
     now = utcnow()

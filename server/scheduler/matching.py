@@ -11,9 +11,10 @@ Claiming itself is ``server/scheduler/claims.py``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import ColumnElement, and_, or_
+from sqlalchemy import ColumnElement, and_, bindparam, or_
 
 from common.enums import AppType, JobStatus, UserRights
 from server.db.models import App, Host, Job
@@ -57,26 +58,70 @@ class HostView:
         return cls(h.uid, h.name, h.os, h.cpu, h.memory, h.owner_uid, h.project_uid)
 
 
-def match_clause(host: HostView, owner_rights: UserRights, owner_group: str | None) -> ColumnElement[bool]:
-    """The WHERE clause of jobs ``host`` may run."""
+def _like(text: str) -> str:
+    """A LIKE pattern (escape character ``/``) matching values that contain ``text``."""
+    return "%" + text.replace("/", "//").replace("%", "/%").replace("_", "/_") + "%"
+
+
+@dataclass(frozen=True)
+class Match:
+    """Which jobs a host may run: the shape of the WHERE clause (one cached statement per shape, see
+    :func:`match_where`) and the host's values for its bound parameters."""
+
+    shape: tuple[bool, str, bool]  # (a memory bound, whose jobs: "" | "owner" | "group", a project)
+    params: dict[str, Any]
+
+
+def match_of(host: HostView, owner_rights: UserRights, owner_group: str | None) -> Match:
+    """The jobs ``host`` may run, its owner having ``owner_rights`` (and ``owner_group``)."""
+    params: dict[str, Any] = {
+        "m_native": _like(f"|{host.os}/{host.cpu}|"),
+        "m_any_os": _like(f"|ANY/{host.cpu}|"),
+        "m_any_cpu": _like(f"|{host.os}/ANY|"),
+        "m_name": host.name,
+        "m_uid": host.uid,
+    }
+    if host.memory:
+        params["m_memory"] = host.memory
+    whose = ""
+    if owner_rights is UserRights.STANDARD_USER or (
+        owner_rights is UserRights.ADVANCED_USER and not owner_group
+    ):
+        whose, params["m_owner"] = "owner", host.owner_uid
+    elif owner_rights is UserRights.ADVANCED_USER:
+        whose, params["m_group"] = "group", owner_group
+    if host.project_uid:
+        params["m_project"] = host.project_uid
+    return Match((bool(host.memory), whose, bool(host.project_uid)), params)
+
+
+@lru_cache(maxsize=16)
+def match_where(shape: tuple[bool, str, bool]) -> ColumnElement[bool]:
+    """The WHERE clause of a :class:`Match` shape, with bound parameters: built once per shape, so a
+    claim neither rebuilds the clause nor recomputes SQLAlchemy's cache key for it."""
+    memory, whose, project = shape
     plat = Job.platforms
     conds: list[ColumnElement[bool]] = [
         Job.status == JobStatus.PENDING.value,
         or_(
             plat == "*",
-            plat.contains(f"|{host.os}/{host.cpu}|", autoescape=True),
-            plat.contains(f"|ANY/{host.cpu}|", autoescape=True),
-            plat.contains(f"|{host.os}/ANY|", autoescape=True),
-            plat.contains("|ANY/ANY|", autoescape=True),
+            plat.like(bindparam("m_native"), escape="/"),
+            plat.like(bindparam("m_any_os"), escape="/"),
+            plat.like(bindparam("m_any_cpu"), escape="/"),
+            plat.like(_like("|ANY/ANY|"), escape="/"),
         ),
-        or_(Job.expected_host.is_(None), Job.expected_host.in_([host.name, host.uid])),
+        or_(
+            Job.expected_host.is_(None),
+            Job.expected_host == bindparam("m_name"),
+            Job.expected_host == bindparam("m_uid"),
+        ),
     ]
-    if host.memory:
-        conds.append(Job.memory <= host.memory)
-    if owner_rights is UserRights.STANDARD_USER:
-        conds.append(Job.owner_uid == host.owner_uid)
-    elif owner_rights is UserRights.ADVANCED_USER:
-        conds.append(Job.group_uid == owner_group if owner_group else Job.owner_uid == host.owner_uid)
-    if host.project_uid:
-        conds.append(Job.group_uid == host.project_uid)
+    if memory:
+        conds.append(Job.memory <= bindparam("m_memory"))
+    if whose == "owner":
+        conds.append(Job.owner_uid == bindparam("m_owner"))
+    elif whose == "group":
+        conds.append(Job.group_uid == bindparam("m_group"))
+    if project:
+        conds.append(Job.group_uid == bindparam("m_project"))
     return and_(*conds)
