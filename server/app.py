@@ -101,7 +101,18 @@ def create_app(settings: ServerSettings, *, migrate: bool = True) -> web.Applica
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
 
+    async def authcache_ctx(app: web.Application) -> AsyncIterator[None]:
+        svc = app[SERVICES]
+        task = asyncio.create_task(svc.auth.refresh_forever(svc.sessions), name="auth-cache")
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
     app.cleanup_ctx.append(services_ctx)
+    app.cleanup_ctx.append(authcache_ctx)
     app.cleanup_ctx.append(notify_ctx)
     app.cleanup_ctx.append(reaper_ctx)
     for table in [*ROUTE_TABLES, openapi_routes(ROUTE_TABLES)]:

@@ -1,14 +1,20 @@
 """What authentication reads on every request, kept for a few seconds: users, hosts, verified tokens.
 
 Checking a bearer token used to cost a signature check and a user lookup per request; a heartbeat of a
-host credential a host lookup. Here a user's or a host's row is read at most once per ``ttl`` seconds
-per process, and a verified token is remembered until it expires. Changes still take effect within
-``ttl``: a deleted or demoted user, a changed password (token version), a revoked host. The process
-that makes such a change forgets the entry at once (:meth:`forget_user`, :meth:`forget_host`).
+host credential a host lookup. Here a user's row is read at most once per ``ttl`` seconds per process,
+and a verified token is remembered until it expires. Hosts are many and each calls rarely (a heartbeat
+a minute, a long-poll return): one read per call would be one query per request of an idle fleet. So a
+host, once read, stays while it keeps calling, and :meth:`AuthCache.refresh_hosts` (a background loop,
+every ``ttl / 2`` s) re-reads every such host in one query per 5,000; an entry not refreshed within
+``ttl`` is read again on its next use. Changes still take effect within ``ttl``: a deleted or demoted
+user, a changed password (token version), a revoked or deleted host. The process that makes such a
+change forgets the entry at once (:meth:`forget_user`, :meth:`forget_host`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -16,14 +22,18 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from common.enums import UserRights
-from server.db.models import Host, User
+from server.db.models import Host, User, table_of
 from server.scheduler.matching import HostView
 
+logger = logging.getLogger(__name__)
+
 TTL = 2.0  # seconds a user or host row is trusted without reading it again
+HOST_IDLE = 900.0  # a host silent this long leaves the cache (read again when it calls)
+REFRESH_CHUNK = 5_000  # hosts per refreshing query (bound parameters: both databases take 32,000)
 MAX_ENTRIES = 100_000
 MAX_TOKENS = 50_000
 
@@ -82,7 +92,8 @@ class AuthCache:
     def __init__(self, ttl: float = TTL, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._users = _Timed(ttl, MAX_ENTRIES, clock)
-        self._hosts = _Timed(ttl, MAX_ENTRIES, clock)
+        self._ttl = ttl
+        self._hosts: dict[str, list[Any]] = {}  # uid -> [HostSnap | None, read at, last used]
         self._tokens = _Timed(ttl, MAX_TOKENS, clock)
 
     async def user(self, sessions: async_sessionmaker[AsyncSession], uid: str) -> UserSnap | None:
@@ -96,21 +107,34 @@ class AuthCache:
         return found
 
     async def host(self, sessions: async_sessionmaker[AsyncSession], uid: str) -> HostSnap | None:
-        hit, snap = self._hosts.get(uid)
-        if hit:
-            return snap  # type: ignore[no-any-return]
-        async with sessions() as session:
-            row = (
-                await session.execute(
-                    select(Host, User).join(User, User.uid == Host.owner_uid).where(Host.uid == uid)
-                )
-            ).first()
-        found = None
-        if row is not None:
-            h, owner = row
-            found = HostSnap(HostView.of(h), h.credential_hash, h.revoked, user_snap(owner))
-        self._hosts.put(uid, found)
+        now = self._clock()
+        entry = self._hosts.get(uid)
+        if entry is not None and now - entry[1] <= self._ttl:
+            entry[2] = now
+            snap: HostSnap | None = entry[0]
+            return snap
+        found = (await _read_hosts(sessions, [uid])).get(uid)
+        if found is None:
+            self._hosts.pop(uid, None)  # unknown uids are not kept: anyone may send those
+        elif entry is not None or len(self._hosts) < MAX_ENTRIES:
+            self._hosts[uid] = [found, now, now]  # read after ``now``: at least as fresh as that
         return found
+
+    async def refresh_hosts(self, sessions: async_sessionmaker[AsyncSession]) -> int:
+        """Re-read every host that called within ``HOST_IDLE`` (dropping the others), in bulk; how many."""
+        start = self._clock()
+        for uid in [u for u, e in self._hosts.items() if start - e[2] > HOST_IDLE]:
+            del self._hosts[uid]
+        uids = list(self._hosts)
+        for i in range(0, len(uids), REFRESH_CHUNK):
+            chunk = uids[i : i + REFRESH_CHUNK]
+            snaps = await _read_hosts(sessions, chunk)
+            for uid in chunk:
+                entry = self._hosts.get(uid)
+                # forgotten meanwhile (gone), or read again since we started: keep what is there
+                if entry is not None and entry[1] < start:
+                    entry[0], entry[1] = snaps.get(uid), start
+        return len(uids)
 
     def token(self, token: str) -> dict[str, Any] | None:
         """The claims of a token verified before (and not expired since), or None."""
@@ -122,8 +146,55 @@ class AuthCache:
         if left > 0:
             self._tokens.put(token, claims, ttl=left)
 
+    async def refresh_forever(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        """:meth:`refresh_hosts` every ``ttl / 2`` seconds until cancelled (a failed refresh is logged:
+        the entries then expire and are read on their next use)."""
+        while True:
+            await asyncio.sleep(self._ttl / 2)
+            try:
+                await self.refresh_hosts(sessions)
+            except Exception as exc:  # the database away: requests find out, and say so, themselves
+                logger.warning("auth cache: hosts not refreshed: %s", exc)
+
     def forget_user(self, uid: str) -> None:
         self._users.pop(uid)
 
     def forget_host(self, uid: str) -> None:
-        self._hosts.pop(uid)
+        self._hosts.pop(uid, None)
+
+
+_HOSTS, _USERS = table_of(Host), table_of(User)
+_READ_HOSTS = (
+    select(
+        _HOSTS.c.uid,
+        _HOSTS.c.name,
+        _HOSTS.c.os,
+        _HOSTS.c.cpu,
+        _HOSTS.c.memory,
+        _HOSTS.c.owner_uid,
+        _HOSTS.c.project_uid,
+        _HOSTS.c.credential_hash,
+        _HOSTS.c.revoked,
+        _USERS.c.login,
+        _USERS.c.rights,
+        _USERS.c.usergroup_uid,
+        _USERS.c.token_version,
+    )
+    .join(_USERS, _USERS.c.uid == _HOSTS.c.owner_uid)
+    .where(_HOSTS.c.uid.in_(bindparam("uids", expanding=True)))
+)
+
+
+async def _read_hosts(sessions: async_sessionmaker[AsyncSession], uids: list[str]) -> dict[str, HostSnap]:
+    """The hosts among ``uids`` that exist, with their owners (one Core query, no ORM objects)."""
+    async with sessions() as session:
+        rows = (await session.execute(_READ_HOSTS, {"uids": uids})).all()
+    return {
+        r.uid: HostSnap(
+            HostView(r.uid, r.name, r.os, r.cpu, r.memory, r.owner_uid, r.project_uid),
+            r.credential_hash,
+            r.revoked,
+            UserSnap(r.owner_uid, r.login, UserRights(r.rights), r.usergroup_uid, r.token_version or 0),
+        )
+        for r in rows
+    }

@@ -1,5 +1,6 @@
-"""A process caches the users behind bearer tokens for a few seconds (server/authcache.py); a change made
-by another server process on the same database still ends access within that time."""
+"""A process caches the users behind bearer tokens and the hosts behind host credentials
+(server/authcache.py); a change made by another server process on the same database still ends access
+within a few seconds."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ import aiohttp
 import pytest
 
 from client.api import XWClient
-from common.enums import UserRights
-from common.schemas import UserPatch
+from common.enums import CPU, OS, UserRights
+from common.errors import Unauthorized
+from common.schemas import Heartbeat, HostIn, UserPatch
 from server.app import start
 from server.authcache import TTL
 from tests.conftest import PASSWORD
@@ -71,6 +73,37 @@ async def test_a_change_made_by_another_process_ends_access_within_seconds(
         while (status := await _status(http, grid.url, token)) == 200 and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
         assert status == 401, "the first process still accepts the token"
+        assert time.monotonic() - changed <= TTL + 3.0
+    finally:
+        await other.aclose()
+
+
+@pytest.mark.parametrize("how", ["revoked", "deleted"])
+async def test_a_host_revoked_or_deleted_by_another_process_is_refused_within_seconds(
+    grid: Any, how: str
+) -> None:
+    await grid.add_user("worker", UserRights.WORKER_USER)
+    volunteer = grid.client(grid.config(login="worker", password=PASSWORD))
+    host = (await volunteer.enrol(HostIn(name="alpha", os=OS.LINUX, cpu=CPU.AMD64, cores=1))).host.uid
+    await volunteer.heartbeat(host, Heartbeat())  # this process now holds the host (refreshed in bulk)
+    await asyncio.sleep(TTL)  # past one refresh of the cache: the entry stays because the host calls
+    await volunteer.heartbeat(host, Heartbeat())
+
+    other = await start(grid.settings, migrate=False)
+    try:
+        admin_there = XWClient(grid.config(server=other.url, login="admin", password=grid.admin_cfg.password))
+        try:
+            changed = time.monotonic()
+            if how == "revoked":
+                await admin_there.revoke_host(host)
+            else:
+                await admin_there.remove(host)
+        finally:
+            await admin_there.aclose()
+        with pytest.raises(Unauthorized):
+            while time.monotonic() < changed + TTL + 3.0:
+                await volunteer.heartbeat(host, Heartbeat())
+                await asyncio.sleep(0.1)
         assert time.monotonic() - changed <= TTL + 3.0
     finally:
         await other.aclose()
