@@ -9,13 +9,17 @@ a crashed benchmark still gets its line in the report.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import psutil
 
 from bench import report
 from bench.harness import (
@@ -52,9 +56,17 @@ def run_one(name: str, quick: bool, results: Path, timeout: float, extra: list[s
         cmd.append("--quick")
     print(f"\n=== {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE)
     try:
-        proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, timeout=timeout, check=False)
+        out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        # the servers it started (each in a session of its own) go with it: an orphaned server would
+        # load the machine under every later benchmark
+        family = [proc.pid, *(c.pid for c in psutil.Process(proc.pid).children(recursive=True))]
+        for pid in family:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        proc.communicate()
         return f"timed out after {timeout:.0f} s"
     print(
         f"=== {name}: exit {proc.returncode} in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True
@@ -62,7 +74,7 @@ def run_one(name: str, quick: bool, results: Path, timeout: float, extra: list[s
     if proc.returncode != 0:
         return f"exit code {proc.returncode}"
     try:
-        json.loads(proc.stdout)
+        json.loads(out)
     except ValueError:
         return "did not print its JSON record"
     return ""

@@ -232,12 +232,14 @@ async def ramp(server: Server, where: Path, opts: Options, longpoll: bool) -> di
                 out["stopped"] = f"time cap {cap:.0f} s reached"
                 break
             enrol_s = await fleet.grow(level)
+            log(f"{level} workers enrolled in {enrol_s:.0f} s")
             await asyncio.sleep(min(period, 5.0))  # let the enrolment burst pass
             profile = where / f"scale-{login}-{level}.pyspy" if opts.profile else None
             res = await hold(fleet, level, fleet.period * 1.5, profile)
             res["enrol_s"] = enrol_s
             res["period_s"] = fleet.period
             res["deferred"] = fleet.deferred
+            log(f"{level} workers: heartbeats measured (p99 {res['p99_ms']:.0f} ms)")
             if longpoll:
                 res["start"] = await start_latency(submitter, app, STARTS)
             out["levels"].append(res)
