@@ -10,8 +10,9 @@ and parks the request on a future; past ``max_longpolls`` it answers 429 with a 
 obeys). A job that reaches a simulated worker is completed at once with a tiny inline result. A second
 ramp, on a fresh server, sends heartbeats only (``--longpoll-only`` skips it). The workers share one
 WORKER_USER token and a few client sessions spread over several loopback source addresses (127.0.0.x:
-past the ephemeral-port limit of one address). At each level the ramp measures heartbeat latency over
-1.5 periods, then the start latency of jobs submitted one by one to the idle fleet (the server's
+past the ephemeral-port limit of one address). At each level the ramp waits one period after the
+enrolments (their burst is not the held fleet's steady state), measures heartbeat latency over 1.5
+periods, then the start latency of jobs submitted one by one to the idle fleet (the server's
 ``started - created``), until p99 exceeds 200 ms or the time cap. The load generator shares the
 machine's cores with the server; its CPU is reported beside the server's.
 """
@@ -233,7 +234,9 @@ async def ramp(server: Server, where: Path, opts: Options, longpoll: bool) -> di
                 break
             enrol_s = await fleet.grow(level)
             log(f"{level} workers enrolled in {enrol_s:.0f} s")
-            await asyncio.sleep(min(period, 5.0))  # let the enrolment burst pass
+            # let the enrolment burst pass: the new workers' first long-polls and heartbeats (the
+            # latter at random phases over one period); the window then measures the held fleet
+            await asyncio.sleep(fleet.period if not opts.quick else min(period, 5.0))
             profile = where / f"scale-{login}-{level}.pyspy" if opts.profile else None
             res = await hold(fleet, level, fleet.period * 1.5, profile)
             res["enrol_s"] = enrol_s

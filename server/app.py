@@ -12,7 +12,7 @@ from aiohttp import web
 
 from server import connguard
 from server.auth import auth_middleware, server_ssl_context
-from server.db.engine import make_engine, make_sessionmaker
+from server.db.engine import make_engine, make_reader, make_sessionmaker
 from server.http import Routes, problem_middleware
 from server.listener import ConnectionLimits, GatedSite
 from server.longpoll import LongPollBudget
@@ -59,6 +59,7 @@ def create_app(settings: ServerSettings, *, migrate: bool = True) -> web.Applica
         signer = TokenSigner.from_file(settings.jwt_key, settings.token_ttl)
         signer.write_public(settings.jwt_pub)  # homes made before relays existed get it too
         engine = make_engine(settings.db_url)
+        reader = make_reader(settings.db_url, engine)
         wakeups = Wakeups()
         info: dict[str, object] = {}
         observe(info, wakeups.observe)  # jobs that became PENDING wake as many waiting workers
@@ -66,6 +67,7 @@ def create_app(settings: ServerSettings, *, migrate: bool = True) -> web.Applica
             settings=settings,
             engine=engine,
             sessions=make_sessionmaker(engine, info),
+            readers=make_sessionmaker(reader),
             signer=signer,
             ca=CA.load(settings.ca_cert, settings.ca_key),
             store=DataStore(settings.store_dir),
@@ -76,6 +78,8 @@ def create_app(settings: ServerSettings, *, migrate: bool = True) -> web.Applica
             yield
         finally:
             await engine.dispose()
+            if reader is not engine:
+                await reader.dispose()
 
     async def notify_ctx(app: web.Application) -> AsyncIterator[None]:
         # other server processes on the same PostgreSQL: their new jobs wake our waiters, ours theirs
@@ -103,7 +107,7 @@ def create_app(settings: ServerSettings, *, migrate: bool = True) -> web.Applica
 
     async def authcache_ctx(app: web.Application) -> AsyncIterator[None]:
         svc = app[SERVICES]
-        task = asyncio.create_task(svc.auth.refresh_forever(svc.sessions), name="auth-cache")
+        task = asyncio.create_task(svc.auth.refresh_forever(svc.readers), name="auth-cache")
         try:
             yield
         finally:

@@ -102,7 +102,7 @@ async def _token_actor(svc: Services, token: str) -> Actor:
     if claims is None:
         claims = svc.signer.verify(token)
         svc.auth.remember_token(token, claims)
-    user = await svc.auth.user(svc.sessions, str(claims["sub"]))
+    user = await svc.auth.user(svc.readers, str(claims["sub"]))
     if user is None:
         raise Unauthorized("token's user no longer exists")
     if claims.get("tv") != user.token_version:
@@ -115,7 +115,7 @@ async def _host(svc: Services, token: str) -> HostSnap:
     if parsed is None:
         raise Unauthorized("malformed host credential")
     host_uid, secret = parsed
-    host = await svc.auth.host(svc.sessions, host_uid)
+    host = await svc.auth.host(svc.readers, host_uid)
     if host is None:
         raise Unauthorized(f"unknown host credential (no host {host_uid}): enrol again")
     if host.revoked is not None:

@@ -30,6 +30,7 @@ class Services:
     settings: ServerSettings
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
+    readers: async_sessionmaker[AsyncSession]  # reads beside the writer (server/db/engine.py: make_reader)
     signer: TokenSigner
     ca: CA
     store: DataStore

@@ -15,31 +15,44 @@ from sqlalchemy.pool import AsyncAdaptedQueuePool
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
 
+def make_reader(url: str, engine: AsyncEngine) -> AsyncEngine:
+    """The engine for reads that must not queue behind writes: on SQLite a second small pool (WAL lets
+    readers run beside the single writer; authentication reads hosts and users through it), elsewhere
+    ``engine`` itself."""
+    if not url.startswith("sqlite"):
+        return engine
+    return _sqlite_engine(url, pool_size=2)
+
+
 def make_engine(url: str) -> AsyncEngine:
     """An async engine; SQLite gets WAL, a busy timeout and enforced foreign keys."""
     if url.startswith("sqlite"):
-        # One pooled connection: SQLite has a single writer, and serialising in the pool instead of in
-        # SQLite's lock avoids SQLITE_BUSY between this process's own transactions.
-        engine = create_async_engine(
-            url,
-            connect_args={"timeout": 30},
-            poolclass=AsyncAdaptedQueuePool,
-            pool_size=1,
-            max_overflow=0,
-            pool_timeout=120,
-        )
-
-        @event.listens_for(engine.sync_engine, "connect")
-        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=NORMAL")
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA busy_timeout=30000")
-            cur.close()
-
-        return engine
+        return _sqlite_engine(url, pool_size=1)
     return create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+
+
+def _sqlite_engine(url: str, pool_size: int) -> AsyncEngine:
+    # The writer has one pooled connection: SQLite has a single writer, and serialising in the pool
+    # instead of in SQLite's lock avoids SQLITE_BUSY between this process's own transactions.
+    engine = create_async_engine(
+        url,
+        connect_args={"timeout": 30},
+        poolclass=AsyncAdaptedQueuePool,
+        pool_size=pool_size,
+        max_overflow=0,
+        pool_timeout=120,
+    )
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()
+
+    return engine
 
 
 def make_sessionmaker(

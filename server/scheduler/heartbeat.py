@@ -107,7 +107,9 @@ class Liveness:
             await session.execute(  # Core executemany (an ORM bulk UPDATE wants primary keys as keys)
                 update(hosts)
                 .where(hosts.c.uid == bindparam("h"))
-                .values(last_alive=bindparam("t"), active=True),
+                # a sign of life is not a change of the host: ``modified`` stays (server/authcache.py
+                # re-reads the hosts whose row was modified)
+                .values(last_alive=bindparam("t"), active=True, modified=hosts.c.modified),
                 [{"h": h, "t": t} for h, t in alive.items()],
             )
         return len(alive)
