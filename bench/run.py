@@ -40,7 +40,7 @@ from bench.harness import (
 BENCHMARKS = {
     "dispatch": (900, 240),
     "latency": (600, 180),
-    "scale": (900, 180),
+    "scale": (1200, 180),
     "submit": (1500, 180),
     "relay": (600, 180),
     "data": (600, 180),

@@ -399,7 +399,7 @@ def _last_profiles(profiles: dict[str, Any]) -> dict[str, Any]:
 
 
 def add_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--cap", type=float, default=900.0, help="time cap of each ramp, seconds")
+    parser.add_argument("--cap", type=float, default=420.0, help="time cap of each ramp, seconds")
     parser.add_argument("--db", choices=["sqlite", "postgresql"], default="sqlite")
     parser.add_argument("--longpoll-only", action="store_true", help="skip the heartbeat-only ramp")
 
