@@ -55,16 +55,14 @@ from bench.harness import (
 )
 from bench.servers import (
     PASSWORD,
-    READY,
     add_user,
     drain_stdout,
     pg_database,
     pg_url,
     sample,
     script_app,
+    spawn_xwserver,
     stop_process,
-    tool,
-    wait_line,
 )
 from client.api import XWClient
 from client.config import ClientConfig
@@ -99,25 +97,8 @@ class Served:
 
 
 async def serve(home: Path, log_path: Path, port: int, processes: int) -> Served:
-    with log_path.open("ab") as log_file:
-        proc = await asyncio.create_subprocess_exec(
-            tool("xwserver"),
-            "run",
-            "--dir",
-            str(home),
-            "--port",
-            str(port),
-            "--processes",
-            str(processes),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=log_file,
-            start_new_session=True,
-        )
-    try:
-        url = await wait_line(proc, READY, 180, "xwserver")
-    except (RuntimeError, TimeoutError) as exc:
-        await stop_process(proc)
-        raise RuntimeError(f"xwserver did not start ({exc}); log:\n{log_path.read_text()[-3000:]}") from None
+    args = ["--port", str(port), "--processes", str(processes)]
+    proc, url = await spawn_xwserver(home, log_path, args, timeout=180)
     return Served(proc, url, processes, drain_stdout(proc))
 
 

@@ -195,6 +195,31 @@ def _init_home(home: Path, database_url: str, settings: dict[str, Any]) -> None:
     write_private(path, dump_flat_toml(values))
 
 
+async def spawn_xwserver(
+    home: Path, log_path: Path, args: list[str], *, timeout: float
+) -> tuple[asyncio.subprocess.Process, str]:
+    """Run ``xwserver run --dir HOME ARGS`` in a session of its own (stderr to ``log_path``) and wait
+    for its READY line; the process and its URL. If it does not start, it is stopped and the error
+    carries its log's tail."""
+    with log_path.open("ab") as log_file:
+        proc = await asyncio.create_subprocess_exec(
+            tool("xwserver"),
+            "run",
+            "--dir",
+            str(home),
+            *args,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=log_file,
+            start_new_session=True,
+        )
+    try:
+        return proc, await wait_line(proc, READY, timeout, "xwserver")
+    except (RuntimeError, TimeoutError) as exc:
+        await stop_process(proc)
+        tail = log_path.read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"xwserver did not start ({exc}); its log:\n{tail}") from None
+
+
 async def start_server(
     where: Path, *, database_url: str = "", settings: dict[str, Any] | None = None
 ) -> Server:
@@ -203,24 +228,7 @@ async def start_server(
     await asyncio.to_thread(_init_home, home, database_url, settings or {})
     password = str(read_toml(home / "admin.conf")["password"])
     log_path = where / "server.log"
-    with log_path.open("ab") as log_file:
-        proc = await asyncio.create_subprocess_exec(
-            tool("xwserver"),
-            "run",
-            "--dir",
-            str(home),
-            "--port",
-            "0",
-            stdout=asyncio.subprocess.PIPE,
-            stderr=log_file,
-            start_new_session=True,
-        )
-    try:
-        url = await wait_line(proc, READY, 120, "xwserver")
-    except (RuntimeError, TimeoutError) as exc:
-        await stop_process(proc)
-        tail = log_path.read_text(errors="replace")[-3000:]
-        raise RuntimeError(f"xwserver did not start ({exc}); its log:\n{tail}") from None
+    proc, url = await spawn_xwserver(home, log_path, ["--port", "0"], timeout=120)
     server = Server(home, proc, url, password, log_path)
     server._drain = drain_stdout(proc)
     log(f"server pid {proc.pid} at {url} ({'PostgreSQL' if database_url else 'SQLite'})")
