@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import socket
+import stat
 import sys
 from pathlib import Path
 
@@ -45,6 +46,26 @@ def default_work_dir(name: str) -> Path:
     return Path(f"/var/lib/xwhep/worker/{name}") if os.geteuid() == 0 else Path(f"~/.xwhep/worker/{name}")
 
 
+def refusal(why: str) -> str:
+    """The one line a worker without a sandbox stops with (it never runs strangers' code unconfined)."""
+    return (
+        f"no working sandbox: {why}. Refusing to run other people's jobs unconfined. Install "
+        "bubblewrap (apt-get install bubblewrap), or accept the risk with --allow-unsandboxed-jobs"
+    )
+
+
+def make_work_dir(work_dir: Path, *, traversable: bool) -> None:
+    """Create the work directory; when jobs run as another uid, open the directories created here to
+    traversal (o+x, never o+r). Directories that existed before are left to the volunteer: the check
+    that follows names the chmod they need."""
+    created = [d for d in (work_dir, *work_dir.parents) if not d.exists()]
+    work_dir.mkdir(parents=True, exist_ok=True)
+    if traversable:
+        for d in created:
+            d.chmod(d.stat().st_mode & 0o7777 | stat.S_IXOTH)
+        work_dir.chmod(0o711)
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--xwconfig", "config", type=click.Path(path_type=Path), help="Worker credentials (a client config)."
@@ -67,7 +88,20 @@ def default_work_dir(name: str) -> Path:
 )
 @click.option("--project", default=None, help="Run only this usergroup's jobs.")
 @click.option("--activation", default=None, help="Work only in this hour window, e.g. '* 20-7'.")
-@click.option("--sandbox", type=click.Choice(["auto", "bwrap", "none"]), default="auto", show_default=True)
+@click.option(
+    "--sandbox",
+    type=click.Choice(["auto", "bwrap", "none"]),
+    default="auto",
+    show_default=True,
+    help="auto: bubblewrap if it works here; none needs --allow-unsandboxed-jobs.",
+)
+@click.option(
+    "--allow-unsandboxed-jobs",
+    "allow_unsandboxed",
+    is_flag=True,
+    help="Without a working bubblewrap, run jobs anyway with rlimits only: they can then use this "
+    "machine's network and read what its files allow. Without this flag the worker refuses to start.",
+)
 @click.option(
     "--memory-limit",
     default="4G",
@@ -94,6 +128,7 @@ def main(
     project: str | None,
     activation: str | None,
     sandbox: str,
+    allow_unsandboxed: bool,
     memory_limit: str,
     longpoll: float,
     verbose: bool,
@@ -110,6 +145,10 @@ def main(
         box = detect(sandbox)
     except (ConfigError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from None
+    if box.kind != "bwrap":
+        if not allow_unsandboxed:
+            raise click.ClickException(refusal(box.unconfined_reason))
+        click.echo(f"xwworker {name}: WARNING: {box.describe()} ({box.unconfined_reason})", err=True)
     opts = WorkerOptions(
         name=name,
         work_dir=(work_dir or default_work_dir(name)).expanduser(),
@@ -124,9 +163,7 @@ def main(
         activation=parse_window(activation) if activation else None,
         memory_limit=parse_size(memory_limit),
     )
-    opts.work_dir.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() == 0:
-        opts.work_dir.chmod(0o711)
+    make_work_dir(opts.work_dir, traversable=box.job_uid is not None)
     try:
         box.check_reachable(opts.work_dir / "jobs")
     except RuntimeError as exc:

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import resource
+import shlex
 import shutil
 import signal
 import stat
@@ -15,7 +16,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -61,6 +62,8 @@ class Sandbox:
     job_gid: int | None
     bwrap: str | None = None
     system_links: tuple[tuple[str, str], ...] = ()
+    # Why bubblewrap is not used (kind "rlimits"): shown to the volunteer, who must opt in to that.
+    unconfined_reason: str = ""
 
     def describe(self) -> str:
         """One line for logs and the host record."""
@@ -152,16 +155,34 @@ class Sandbox:
                 os.lchown(os.path.join(dirpath, name), uid, gid)
         path.chmod(0o700)
 
-    def check_reachable(self, path: Path) -> None:
-        """Raise RuntimeError if the job uid cannot traverse to ``path`` (check the jobs root at start-up)."""
+    def blocked_parents(self, path: Path) -> list[Path]:
+        """The existing directories above ``path`` that the job uid may not traverse, outermost first."""
         uid = self.job_uid
-        for parent in path.resolve().parents if uid is not None else ():
-            st = parent.stat()
+        if uid is None:
+            return []
+        blocked = []
+        for parent in reversed(path.resolve().parents):
+            try:
+                st = parent.stat()
+            except FileNotFoundError:
+                break
             if st.st_uid != uid and not st.st_mode & stat.S_IXOTH:
-                raise RuntimeError(
-                    f"{parent} is not traversable by the job uid {uid}: put the jobs directory under "
-                    "directories with mode o+x (e.g. 0o711)"
-                )
+                blocked.append(parent)
+        return blocked
+
+    def check_reachable(self, path: Path) -> None:
+        """Raise RuntimeError if the job uid cannot traverse to ``path`` (check the jobs root at start-up).
+
+        The message names the exact command that fixes it: o+x lets others pass through a directory,
+        not list or read it.
+        """
+        blocked = self.blocked_parents(path)
+        if blocked:
+            where = " ".join(shlex.quote(str(b)) for b in blocked)
+            raise RuntimeError(
+                f"{blocked[0]} is not traversable by the job uid {self.job_uid}, which must reach its "
+                f"scratch directory: run 'chmod o+x {where}' or choose a --work-dir elsewhere"
+            )
 
 
 def _system_links() -> tuple[tuple[str, str], ...]:
@@ -235,7 +256,7 @@ def detect(prefer: str = "auto", *, run_as: tuple[int, int] | None = None) -> Sa
     fallback = Sandbox(kind="rlimits", job_uid=job_uid, job_gid=job_gid)
     if prefer == "none":
         logger.warning("%s (sandbox disabled by configuration)", FALLBACK_WARNING)
-        return fallback
+        return replace(fallback, unconfined_reason="the sandbox is disabled (--sandbox none)")
     found = shutil.which("bwrap")
     if found is None:
         why: str | None = "bwrap is not installed (apt-get install bubblewrap)"
@@ -249,7 +270,7 @@ def detect(prefer: str = "auto", *, run_as: tuple[int, int] | None = None) -> Sa
     if prefer == "bwrap":
         raise RuntimeError(f"bubblewrap sandbox requested but unavailable: {why}")
     logger.warning("%s: %s", FALLBACK_WARNING, why)
-    return fallback
+    return replace(fallback, unconfined_reason=why or "")
 
 
 # --- runtime: the processes of one job ---------------------------------------------------------------

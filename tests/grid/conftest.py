@@ -48,7 +48,9 @@ class LocalGrid:
         self.relay = Relay((self.grid.settings.home / "jwt.pub").read_bytes(), key)  # type: ignore[attr-defined]
         await self.relay.start("127.0.0.1", self.relay_port)
 
-    async def add_worker(self, name: str, *args: str, wait: bool = True) -> asyncio.subprocess.Process:
+    async def add_worker(
+        self, name: str, *args: str, wait: bool = True, env: dict[str, str] | None = None
+    ) -> asyncio.subprocess.Process:
         """Start ``python -m worker`` as a separate process and wait until its host is enrolled."""
         log = (self.tmp / f"{name}.log").open("ab")
         proc = await asyncio.create_subprocess_exec(
@@ -67,6 +69,7 @@ class LocalGrid:
             stdout=log,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
+            env=env,
         )
         log.close()
         self.procs[name] = proc

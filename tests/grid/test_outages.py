@@ -122,7 +122,7 @@ async def test_a_server_outage_longer_than_the_alive_timeout_loses_no_job(outage
     signals = og.work_root / "signals"
     signals.mkdir(mode=0o755)
     signals.chmod(0o755)
-    await og.add_worker("steady", "--slots", "2", "--sandbox", "none")
+    await og.add_worker("steady", "--slots", "2", "--sandbox", "none", "--allow-unsandboxed-jobs")
     alice = await og.grid.add_user("alice")  # type: ignore[attr-defined]
     body = f'while [ ! -e {signals}/"$1" ]; do sleep 0.1; done\necho "done $1"\n'
     app = await og.script_app(alice, "waits", body)
