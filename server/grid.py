@@ -13,19 +13,27 @@ import secrets
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 
 import click
+from sqlalchemy import select
 
 from common.enums import UserRights
 from server.app import start
+from server.db.engine import make_engine
+from server.db.models import Host, utcnow
 from server.home import add_user, init_home, set_conf_server, write_client_conf
 from server.settings import load_settings
 
 logger = logging.getLogger("xwgrid")
 WORKER_LOGIN = "worker"
 STOP_GRACE = 10.0
+READY_POLL = 0.2  # how often xwgrid looks for its workers' enrolments
+READY_WARN = 30.0  # after that long, say which workers have not enrolled yet
+CLOCK_SLACK = 2.0  # an enrolment this much before xwgrid's start still counts as this run's
 
 
 def ensure_home(home: Path) -> None:
@@ -77,33 +85,27 @@ async def up(home: Path, workers: int, worker_args: list[str], demo: bool) -> in
     for conf in (settings.admin_conf, home / "worker.conf"):
         set_conf_server(conf, url)
     (home / "server.url").write_text(url + "\n")
-    logs = home / "logs"
-    logs.mkdir(exist_ok=True)
-    procs: list[asyncio.subprocess.Process] = []
-    for i in range(1, workers + 1):
-        log = (logs / f"w{i}.log").open("ab")
-        procs.append(
-            await asyncio.create_subprocess_exec(
-                *worker_command(home, i, worker_args),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        )
-        log.close()
-    click.echo(
-        f"xwgrid ready: server {url}, relay {relay_addr}, {workers} worker(s); "
-        f"admin config {settings.admin_conf}, "
-        f"more workers with: xwworker --xwconfig {home / 'worker.conf'}",
-        err=False,
-    )
-    sys.stdout.flush()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    fleet = Fleet(home)
     rc = 0
     try:
+        await fleet.start(workers, worker_args)
+        enrolled = await fleet.wait_enrolled(settings.db_url, stop)
+        if stop.is_set():
+            return 0
+        if workers and not enrolled:
+            click.echo("xwgrid: no worker is running (see above); stopping", err=True)
+            return 1
+        click.echo(
+            f"xwgrid ready: server {url}, relay {relay_addr}, {enrolled} of {workers} worker(s) enrolled; "
+            f"admin config {settings.admin_conf}, "
+            f"more workers with: xwworker --xwconfig {home / 'worker.conf'}",
+            err=False,
+        )
+        sys.stdout.flush()
         if demo:
             sweep = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -127,10 +129,91 @@ async def up(home: Path, workers: int, worker_args: list[str], demo: bool) -> in
         await stop.wait()
     finally:
         click.echo("xwgrid: stopping workers and server", err=True)
-        await _stop_workers(procs)
+        await fleet.stop()
         await server.aclose()
         await _stop_workers([relay_proc])
     return rc
+
+
+class Fleet:
+    """The grid's worker processes: started, watched (an exit is reported on the console with the
+    worker's last log line), counted as ready only once enrolled, and stopped."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.procs: dict[str, asyncio.subprocess.Process] = {}
+        self._log_start: dict[str, int] = {}
+        self._watchers: list[asyncio.Task[None]] = []
+        self._stopping = False
+
+    def log_path(self, name: str) -> Path:
+        return self.home / "logs" / f"{name.removeprefix('grid-')}.log"
+
+    async def start(self, workers: int, worker_args: list[str]) -> None:
+        (self.home / "logs").mkdir(exist_ok=True)
+        for i in range(1, workers + 1):
+            name = f"grid-w{i}"
+            path = self.log_path(name)
+            with path.open("ab") as log:
+                self._log_start[name] = log.tell()
+                self.procs[name] = proc = await asyncio.create_subprocess_exec(
+                    *worker_command(self.home, i, worker_args),
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            self._watchers.append(asyncio.create_task(self._watch(name, proc)))
+
+    async def _watch(self, name: str, proc: asyncio.subprocess.Process) -> None:
+        rc = await proc.wait()
+        if not self._stopping:
+            click.echo(f"xwgrid: worker {name} exited ({rc}): {self.last_line(name)}", err=True)
+
+    def last_line(self, name: str) -> str:
+        """The last line the worker logged in this run (its error, when it failed)."""
+        path = self.log_path(name)
+        with path.open("rb") as log:
+            log.seek(self._log_start.get(name, 0))
+            lines = [ln.strip() for ln in log.read().decode(errors="replace").splitlines() if ln.strip()]
+        return lines[-1] if lines else f"no output (see {path})"
+
+    def running(self) -> list[str]:
+        return [n for n, p in self.procs.items() if p.returncode is None]
+
+    async def wait_enrolled(self, db_url: str, stop: asyncio.Event) -> int:
+        """Wait until every running worker has enrolled in this run, or has exited; how many enrolled."""
+        since = utcnow() - timedelta(seconds=CLOCK_SLACK)
+        engine = make_engine(db_url)
+        warned = False
+        deadline = time.monotonic() + READY_WARN
+        try:
+            while not stop.is_set():
+                async with engine.connect() as conn:
+                    rows = await conn.execute(
+                        select(Host.name).where(Host.name.in_(list(self.procs)), Host.last_alive >= since)
+                    )
+                    enrolled = {name for (name,) in rows}
+                alive = set(self.running())
+                if alive <= enrolled:
+                    return len(enrolled & alive)
+                if not warned and time.monotonic() > deadline:
+                    late = ", ".join(sorted(alive - enrolled))
+                    click.echo(
+                        f"xwgrid: still waiting for {late} to enrol (see {self.home / 'logs'})", err=True
+                    )
+                    warned = True
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), READY_POLL)
+            return 0
+        finally:
+            await engine.dispose()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        await _stop_workers(list(self.procs.values()))
+        for task in self._watchers:
+            task.cancel()
+        await asyncio.gather(*self._watchers, return_exceptions=True)
 
 
 async def start_relay(home: Path) -> tuple[asyncio.subprocess.Process, str]:
@@ -185,12 +268,19 @@ def cli() -> None:
 @click.option("--workers", type=click.IntRange(0, 256), default=2, show_default=True)
 @click.option("--slots", type=click.IntRange(1, 64), default=None, help="Slots per worker (default: cores).")
 @click.option("--sandbox", type=click.Choice(["auto", "bwrap", "none"]), default="auto", show_default=True)
+@click.option(
+    "--allow-unsandboxed-jobs",
+    "unconfined",
+    is_flag=True,
+    help="Let the workers run jobs without bubblewrap (they then see the network and your files).",
+)
 @click.option("--demo", is_flag=True, help="Once up, run a first sweep: an app, 100 jobs, their results.")
-def up_cmd(home: Path, workers: int, slots: int | None, sandbox: str, demo: bool) -> None:
+def up_cmd(home: Path, workers: int, slots: int | None, sandbox: str, unconfined: bool, demo: bool) -> None:
     """Bring the grid up; Ctrl-C or SIGTERM shuts everything down cleanly."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     ensure_home(home.resolve())
     extra = ["--sandbox", sandbox] + (["--slots", str(slots)] if slots else [])
+    extra += ["--allow-unsandboxed-jobs"] if unconfined else []
     sys.exit(asyncio.run(up(home.resolve(), workers, extra, demo)))
 
 
