@@ -78,7 +78,9 @@ typecheck: venv
 # ---------------------------------------------------------------------------
 # local grid
 
+# Jobs run in bubblewrap: scripts/ensure-sandbox installs it (root with apt) or stops with the command.
 run: venv
+	@./scripts/ensure-sandbox
 	$(BIN)/xwgrid up --dir $(GRID_DIR) --demo
 
 # ---------------------------------------------------------------------------
