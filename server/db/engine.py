@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.pool import AsyncAdaptedQueuePool
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+
+
+def _only_real_migrations(record: logging.LogRecord) -> bool:
+    """alembic says which DDL mode it assumes on every start; keep only the steps it actually runs."""
+    return record.levelno >= logging.WARNING or record.getMessage().startswith("Running ")
+
+
+logging.getLogger("alembic.runtime.migration").addFilter(_only_real_migrations)
 
 
 def make_reader(url: str, engine: AsyncEngine) -> AsyncEngine:
