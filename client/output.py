@@ -189,14 +189,19 @@ def format_json(items: Sequence[BaseModel]) -> str:
     return json.dumps([obj.model_dump(mode="json") for obj in items], indent=2)
 
 
+UNWRAPPED = 1 << 20  # "no width limit" for measuring a table
+
+
 def format_table(kind: str, items: Sequence[BaseModel], width: int | None = None) -> str:
-    """A rich table of the most useful columns, as plain text."""
+    """A rich table of the most useful columns, as plain text: as wide as its cells unless ``width``
+    is given (then long cells are wrapped by rich)."""
     columns = KINDS[kind].columns
     table = Table(*[HEADERS.get(c, c.upper()) for c in columns], box=None, pad_edge=False)
     for obj in items:
         table.add_row(*[flat(getattr(obj, c)) or "" for c in columns])
     buf = io.StringIO()
-    Console(file=buf, width=width or 160, color_system=None, force_terminal=False).print(table)
+    natural = width or Console(width=UNWRAPPED).measure(table).maximum
+    Console(file=buf, width=natural, color_system=None, force_terminal=False).print(table)
     return "\n".join(line.rstrip() for line in buf.getvalue().rstrip("\n").splitlines())
 
 

@@ -85,7 +85,7 @@ async def sweep(cfg_path: Path | None, jobs: int, out: Path, console: Console) -
 @click.option("--out", type=click.Path(path_type=Path), default=Path("sweep"), show_default=True)
 def main(config: Path | None, jobs: int, out: Path) -> None:
     """Register a small app, submit JOBS jobs, watch them complete, fetch their results."""
-    console = Console(stderr=False)
+    console = Console(stderr=False, soft_wrap=True)  # a long path stays whole in logs and pipes
     try:
         failed = asyncio.run(sweep(config, jobs, out, console))
     except (XWError, ConfigError) as exc:

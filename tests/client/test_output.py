@@ -193,3 +193,10 @@ def test_flat_values() -> None:
     assert flat([1, 2]) == "1,2"
     assert flat([]) == ""
     assert flat(WHEN) == "2024-05-01T12:00:00+00:00"
+
+
+def test_table_never_splits_a_long_cell() -> None:
+    long = "/scratch/" + "x" * 150 + "/a-very-long-application-name"
+    lines = render("app", [app(long), app("short")], "table").splitlines()
+    assert any(long in line for line in lines), lines  # the whole name on one line, however wide
+    assert len(lines) == 3
