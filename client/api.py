@@ -7,13 +7,14 @@ import hashlib
 import os
 import re
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
 from client.config import ClientConfig
-from client.transport import CHUNK, ApiRequest, ApiResponse, HttpTransport
+from client.transport import CHUNK, ApiRequest, ApiResponse, HttpTransport, Transport
 from common.errors import NotFound, Unauthorized, ValidationFailed, XWError
 from common.schemas import (
     AppIn,
@@ -57,14 +58,16 @@ M = TypeVar("M", bound=BaseModel)
 SUBMIT_CHUNK = 5000  # jobs per POST /jobs/batch: ~1 MB of JSON, well under the server's 10,000
 SUBMIT_IN_FLIGHT = 2  # batches at once: the server parses one while the database stores the other
 Progress = Callable[[int], None]  # called with the number of bytes just moved
+SHA256_HEADER = "X-Content-SHA256"  # the server's sha256 of a content it sends
 
 
-class Transport(Protocol):
-    """What the API needs from the network."""
+@dataclass(frozen=True)
+class Content:
+    """A downloaded content: its data uid, size and sha256 (checked)."""
 
-    async def handle(self, req: ApiRequest) -> ApiResponse: ...
-
-    async def aclose(self) -> None: ...
+    uid: str
+    size: int
+    sha256: str
 
 
 HOST_PROTOCOL = frozenset(
@@ -74,11 +77,15 @@ KIND_PATHS = {"app": "/apps", "data": "/data", "work": "/jobs", "user": "/users"
 
 
 class XWClient:
-    """An authenticated session with one server. Use as ``async with XWClient(cfg) as xw``."""
+    """An authenticated session with one server. Use as ``async with XWClient(cfg) as xw``.
+
+    Requests go through ``transport``: by default ``HttpTransport(cfg)`` (HTTPS to the configured servers);
+    tests pass a ``client.transport.MockTransport`` to answer in memory.
+    """
 
     def __init__(self, cfg: ClientConfig, transport: Transport | None = None) -> None:
         self.cfg = cfg
-        self.transport: Transport = transport or HttpTransport(cfg)
+        self.transport: Transport = transport if transport is not None else HttpTransport(cfg)
         self._token: str | None = None
         self._login_lock = asyncio.Lock()
         self._host_credentials: dict[str, str] = {}  # host uid -> that host's own credential
@@ -320,6 +327,42 @@ class XWClient:
         except XWError:
             pass
 
+    async def download_content(
+        self,
+        uid: str,
+        dest: Path,
+        progress: Progress | None = None,
+        sized: Callable[[int | None], None] | None = None,
+    ) -> Content:
+        """Stream a data object's content to ``dest`` atomically in one request (no metadata read first):
+        the sha256 to check comes with the content (``X-Content-SHA256``), the size too (``sized`` hears it
+        before the first byte, for a progress bar)."""
+        resp = await self.open(ApiRequest("GET", f"/data/{uid}/content"))
+        tmp = dest.with_name(f".{dest.name}.part")
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            expected = resp.headers.get(SHA256_HEADER)
+            if expected is None:  # not one of ours: the metadata says what to expect
+                expected = (await self.get_data(uid)).sha256
+            if sized:
+                length = resp.headers.get("Content-Length")
+                sized(int(length) if length and length.isdigit() else None)
+            with tmp.open("wb") as fh:
+                async for chunk in resp.iter_chunks():
+                    digest.update(chunk)
+                    fh.write(chunk)
+                    size += len(chunk)
+                    if progress:
+                        progress(len(chunk))
+            if digest.hexdigest() != expected:
+                raise ValidationFailed(f"downloaded content of {uid} does not match its sha256")
+            os.replace(tmp, dest)
+        finally:
+            await resp.aclose()
+            tmp.unlink(missing_ok=True)
+        return Content(uid, size, digest.hexdigest())
+
     async def download(self, uid: str, dest: Path, progress: Progress | None = None) -> DataOut:
         """Stream a data object's content to ``dest`` atomically, checking its sha256."""
         meta = await self.get_data(uid)
@@ -399,6 +442,19 @@ class XWClient:
 
     async def get_job(self, uid: str) -> JobOut:
         return await self._call("GET", f"/jobs/{uid}", JobOut)
+
+    async def resolve_job(self, ref: str) -> JobOut:
+        """The job a uid, an xw:// URI or a label names, in one request (a label's lookup is the job)."""
+        uri = parse_uri(ref)
+        if uri is not None or is_uid(ref.lower()):
+            return await self.get_job(uri.uid if uri is not None else ref.lower())
+        page = await self._page(KIND_PATHS["work"], JobOut, {"label": ref, "limit": "2"})
+        uid = _one("work", ref, [job.uid for job in page.items])
+        return next(job for job in page.items if job.uid == uid)
+
+    async def delete_job(self, uid: str) -> None:
+        """Delete a job (``remove`` does the same for any kind, finding the kind first on the server)."""
+        await self._send("DELETE", f"/jobs/{uid}")
 
     async def hold(self, uid: str, reason: str = "") -> JobOut:
         return await self._call("POST", f"/jobs/{uid}/hold", JobOut, json={"reason": reason})
@@ -535,6 +591,8 @@ def _one(kind: str, ref: str, uids: list[str]) -> str:
     if not uids:
         raise NotFound(f"no {kind} named {ref!r} visible to you")
     if len(uids) > 1:
+        if kind == "work":  # a label is unique among one owner's jobs only
+            raise ValidationFailed(f"several owners have a job labelled {ref!r}; use a uid")
         raise ValidationFailed(f"several {kind}s are named {ref!r}; use a uid")
     return uids[0]
 

@@ -9,7 +9,6 @@ import errno
 import json
 import os
 import re
-import shutil
 import sys
 import tempfile
 import zipfile
@@ -37,6 +36,7 @@ from rich.progress import (
 from client.api import XWClient
 from client.config import ConfigError, load_config
 from client.output import FORMATS, render
+from client.transport import Transport
 from common.enums import CPU, OS, JobStatus, UserRights
 from common.errors import NotFound, ValidationFailed, XWError
 from common.schemas import DataOut, ForwardAddress, JobIn, JobOut, ObjectRef
@@ -106,24 +106,31 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 
 def run(config: Path | None, body: Body) -> None:
-    """Run a command's async body with a client for the configured server; errors become one line, exit 1."""
+    """Run a command's async body with a client for the configured server; errors become one line, exit 1.
+
+    A command invoked with a ``Transport`` as click's context object talks through it instead of the
+    network: ``CliRunner().invoke(xwping, args, obj=MockTransport(handler))``.
+    """
+    ctx = click.get_current_context(silent=True)
+    transport = ctx.obj if ctx is not None and isinstance(ctx.obj, Transport) else None
     try:
-        asyncio.run(_session(config, body))
+        asyncio.run(_session(config, body, transport))
     except KeyboardInterrupt:
         fail("interrupted", 130)
     except USER_ERRORS as exc:
         fail(reason(exc))
 
 
-async def _session(config: Path | None, body: Body) -> None:
+async def _session(config: Path | None, body: Body, transport: Transport | None = None) -> None:
     cfg = load_config(config)
-    async with XWClient(cfg) as xw:
+    async with XWClient(cfg, transport) as xw:
         await body(xw)
 
 
 def echo_objects(kind: str, items: Sequence[BaseModel], fmt: str) -> None:
-    """Print objects in the chosen format."""
-    text = render(kind, items, fmt, width=shutil.get_terminal_size().columns)
+    """Print objects in the chosen format; a table is as wide as its cells (never a path split in two:
+    a narrow terminal soft-wraps whole lines)."""
+    text = render(kind, items, fmt)
     if text:
         click.echo(text)
 
