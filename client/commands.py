@@ -268,7 +268,11 @@ def xwdownload(refs: tuple[str, ...], out: Path | None, config: Path | None, fmt
     "--xwenv", "env", multiple=True, help="Input: local file/dir (uploaded) or data ref; repeatable."
 )
 @click.option("--xwstdin", "stdin", help="Standard input: a local file or a data ref.")
-@click.option("--xwlabel", "label", help="A label for the job.")
+@click.option(
+    "--xwlabel",
+    "label",
+    help="A label for the job, unique among your jobs (it names the job to other commands).",
+)
 @click.option("--xwgroup", "group", help="Job group (bag of tasks) name.")
 @click.option("--xwexpectedhost", "expected_host", help="Run only on this worker host.")
 @click.option(
@@ -318,6 +322,11 @@ def xwsubmit(
             lines = [(n, text.strip()) for n, text in numbered if text.strip()]
             if not lines:
                 raise ValueError(f"{argfile} holds no job (one line of arguments per job)")
+            if opts["label"] is not None and len(lines) > 1:
+                raise ValueError(
+                    f"--xwlabel names one job and {argfile} holds {len(lines)}: a label is unique among your"
+                    " jobs; name the batch with --xwgroup"
+                )
         if opts["listen_ports"] is not None:
             opts["listen_ports"] = parse_listen_ports(opts["listen_ports"])
         if opts["forward"] is not None:
@@ -341,27 +350,39 @@ def xwsubmit(
     run(config, body)
 
 
-async def _jobs(xw: XWClient, refs: tuple[str, ...], status: str | None, label: str | None) -> list[JobOut]:
+async def _jobs(
+    xw: XWClient, refs: tuple[str, ...], status: str | None, label: str | None, group: str | None = None
+) -> list[JobOut]:
     wanted = parse_job_status(status) if status else None
     if not refs:
-        filters = {k: v for k, v in (("status", wanted), ("label", label)) if v}
+        filters = {k: v for k, v in (("status", wanted), ("label", label), ("group", group)) if v}
         return await xw.jobs(**filters)
-    jobs = [await xw.get_job(await xw.resolve(WORK, ref)) for ref in refs]
-    return [j for j in jobs if wanted in (None, j.status) and label in (None, j.label)]
+    jobs = [await xw.resolve_job(ref) for ref in refs]
+    return [
+        j
+        for j in jobs
+        if wanted in (None, j.status) and label in (None, j.label) and group in (None, j.job_group)
+    ]
 
 
 @click.command("xwworks")
 @click.argument("refs", nargs=-1, metavar="[REF...]")
 @click.option("--xwstatus", "status", help="Only jobs in this status (PENDING, RUNNING, COMPLETED...).")
 @click.option("--xwlabel", "label", help="Only jobs with this label.")
+@click.option("--xwgroup", "group", help="Only jobs of this job group (xwsubmit --xwgroup).")
 @xw_options
 def xwworks(
-    refs: tuple[str, ...], status: str | None, label: str | None, config: Path | None, fmt: str
+    refs: tuple[str, ...],
+    status: str | None,
+    label: str | None,
+    group: str | None,
+    config: Path | None,
+    fmt: str,
 ) -> None:
     """List jobs: the named ones, or all you can see."""
 
     async def body(xw: XWClient) -> None:
-        echo_objects(WORK, await _jobs(xw, refs, status, label), fmt)
+        echo_objects(WORK, await _jobs(xw, refs, status, label, group), fmt)
 
     run(config, body)
 

@@ -2,9 +2,10 @@
 
 ``short`` is XWHEP's one line per object (``UID='..', NAME='..'``); ``xml`` is XWHEP's
 ``<get><work uid=".." .../></get>`` with attribute names lowercased and stripped of underscores
-(``access_rights`` -> ``accessrights``; ``listen_ports`` -> ``listenport`` as XWHEP spelled it;
-``proxy_addresses`` -> ``proxyaddr``, the relay address in XWHEP's smartsocketaddr role);
-``csv`` has a header row; ``json`` is a list of objects; ``table`` is a rich table.
+(``access_rights`` -> ``accessrights``, ``net_in`` -> ``netin``; ``listen_ports`` -> ``listenport`` as
+XWHEP spelled it; ``proxy_addresses`` -> ``proxyaddr``, the relay address in XWHEP's smartsocketaddr
+role); ``csv`` has a header row of the API's field names and ``json`` is a list of the API's objects
+(snake_case: ``net_in``); ``table`` is a rich table.
 """
 
 from __future__ import annotations

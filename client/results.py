@@ -37,7 +37,8 @@ def zip_name(uid: str, label: str | None) -> str:
 
 def unpack_target(out: Path, uid: str, label: str | None) -> Path:
     """Where a job's results are unpacked: ``out/<label|uid>``, or ``out/<label>_<uid>`` if another job
-    with that label took the first (labels need not be unique); FileExistsError if both are taken."""
+    with that label took the first (a label is unique only among one owner's existing jobs: another
+    owner's job, or an erased one of ours, may have had it); FileExistsError if both are taken."""
     name = label_or_uid(uid, label)
     for candidate in dict.fromkeys((name, f"{name}_{uid}" if name != uid else name)):
         path = out / candidate

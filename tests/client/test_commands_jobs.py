@@ -88,7 +88,7 @@ async def test_submit_options_and_argfile(grid, tmp_path, xw, user_conf) -> None
         "--xwargfile",
         str(argfile),
         "hello",
-        "--xwlabel",
+        "--xwgroup",
         "batch",
         "--xwenv",
         str(inputs),
@@ -103,7 +103,7 @@ async def test_submit_options_and_argfile(grid, tmp_path, xw, user_conf) -> None
     assert len(uids) == 4
     jobs = [await api.get_job(uid) for uid in uids]
     assert [j.args for j in jobs] == ["1 one", "2 two", "3 three", "4"]  # in the file's order
-    assert {j.label for j in jobs} == {"batch"} and {j.wallclock for j in jobs} == {60}
+    assert {j.job_group for j in jobs} == {"batch"} and {j.wallclock for j in jobs} == {60}
     assert [(f.address, f.port) for f in jobs[0].forward_addresses] == [
         ("relay#1:3000@x~root#", 1234),
         ("other", 99),
@@ -113,7 +113,7 @@ async def test_submit_options_and_argfile(grid, tmp_path, xw, user_conf) -> None
     assert jobs[0].stdin and (await api.get_data(jobs[0].stdin)).name == "stdin.txt"
     assert len({j.env[0] for j in jobs}) == 1  # inputs uploaded once for the whole batch
 
-    listed = (await xw(xwworks, alice, "--xwlabel", "batch", "--xwstatus", "pending")).stdout.splitlines()
+    listed = (await xw(xwworks, alice, "--xwgroup", "batch", "--xwstatus", "pending")).stdout.splitlines()
     assert sorted(line.split("'")[1] for line in listed) == sorted(uids)
     assert (await xw(xwworks, alice, "--xwstatus", "COMPLETED")).stdout == ""
 
@@ -212,3 +212,44 @@ async def test_a_refused_argfile_names_the_line_and_stores_nothing(
         f"{argfile}, line 2: bob may not execute application {app_uid} (rights 0744)"
     )
     assert await bob_api.jobs() == []
+
+
+async def test_a_label_is_unique_among_the_owners_jobs(
+    grid: Any, tmp_path: Path, xw: Any, user_conf: Any, error_line: Any
+) -> None:
+    alice, api = await user_conf("alice")
+    await send_script_app(xw, alice, tmp_path)
+    first = uid_of((await xw(xwsubmit, alice, "hello", "one", "--xwlabel", "run1")).stdout)
+    again = await xw(xwsubmit, alice, "hello", "two", "--xwlabel", "run1", expect=1)
+    assert error_line(again.stderr, "xwsubmit") == (
+        f"label 'run1' is taken by your job {first}: labels are unique among your jobs "
+        "(choose another, or remove that job first)"
+    )
+    assert (await xw(xwstatus, alice, "run1")).stdout == f"UID='{first}', STATUS='PENDING'\n"  # still one
+
+    argfile = tmp_path / "args.txt"
+    argfile.write_text("1\n\n2\n")
+    inputs = tmp_path / "in.txt"
+    inputs.write_text("input")
+    data_before = len(await api.datas())
+    several = await xw(
+        xwsubmit,
+        alice,
+        "hello",
+        "--xwargfile",
+        str(argfile),
+        "--xwlabel",
+        "b",
+        "--xwenv",
+        str(inputs),
+        expect=1,
+    )
+    assert error_line(several.stderr, "xwsubmit") == (
+        f"--xwlabel names one job and {argfile} holds 2: a label is unique among your jobs;"
+        " name the batch with --xwgroup"
+    )
+    assert len(await api.datas()) == data_before  # refused before uploading anything
+    argfile.write_text("\n3\n")
+    taken = await xw(xwsubmit, alice, "hello", "--xwargfile", str(argfile), "--xwlabel", "run1", expect=1)
+    assert error_line(taken.stderr, "xwsubmit").startswith(f"{argfile}, line 2: label 'run1' is taken by")
+    assert [j.uid for j in await api.jobs()] == [first]

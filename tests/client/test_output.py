@@ -200,3 +200,15 @@ def test_table_never_splits_a_long_cell() -> None:
     lines = render("app", [app(long), app("short")], "table").splitlines()
     assert any(long in line for line in lines), lines  # the whole name on one line, however wide
     assert len(lines) == 3
+
+
+def test_tunnel_bytes_are_net_in_and_net_out_in_json_and_csv_netin_and_netout_in_xml() -> None:
+    traffic = job(net_in=1000, net_out=250)
+    (doc,) = json.loads(render("work", [traffic], "json"))
+    assert (doc["net_in"], doc["net_out"]) == (1000, 250)
+    (row,) = csv.DictReader(io.StringIO(render("work", [traffic], "csv")))
+    assert (row["net_in"], row["net_out"]) == ("1000", "250")
+    text = render("work", [traffic], "xml")
+    (work,) = ET.fromstring(text.encode())
+    assert (work.attrib["netin"], work.attrib["netout"]) == ("1000", "250")  # XWHEP's way: no underscore
+    assert "net_in" not in text and "net_out" not in text

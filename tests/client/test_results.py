@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import os
 import stat
 import zipfile
@@ -10,11 +12,14 @@ from typing import Any
 
 import pytest
 
-from client.commands_grid import xwresults
+from client.api import XWClient
+from client.commands_grid import POLL_FIRST, POLL_MAX, poll_delays, xwresults
 from client.results import safe_extract, unpack_into, unpack_target, zip_name
+from client.transport import ApiRequest
 from common.enums import AppType
-from common.errors import NotFound
+from common.errors import NotFound, ValidationFailed
 from common.schemas import AppIn, HostIn, JobIn, JobOut, JobReport
+from server.state import SERVICES
 
 UID = "f87da0c4-2324-4cb2-8622-ef81e30525a7"
 LIMITS = {"max_bytes": 1 << 20, "max_members": 10}
@@ -225,8 +230,8 @@ async def test_xwresults_downloads_unpacks_and_erases(grid, tmp_path, xw, user_c
     got = await xw(xwresults, alice, f"xw://127.0.0.1/{job.uid}", "--xwout", str(out))
     assert got.stdout.splitlines() == [
         f"UID='{job.uid}', STATUS='COMPLETED'",
-        f"Downloaded to : {out / f'{job.uid}_ResultsOf_run1.zip'}",
-        f"Unpacked to : {out / 'run1'}",
+        f"Unpacked to : {out / 'run1'}",  # no "Downloaded to": the zip is gone (no --xwkeepzip)
+        f"Erased job {job.uid} (run1) from the server; its results data {job.result} stays",
     ]
     assert (out / "run1" / "stdout.txt").read_bytes() == b"hi\n"
     assert (out / "run1" / "out" / "data.bin").read_bytes() == blob
@@ -254,9 +259,14 @@ async def test_xwresults_downloads_unpacks_and_erases(grid, tmp_path, xw, user_c
     assert (await api.get_job(kept.uid)).status.value == "COMPLETED"
     assert (await api.get_job(failed.uid)).status.value == "ERROR"
 
-    # an unfinished job is shown and skipped without error; a taken target is a one-line error
-    got = await xw(xwresults, alice, pending.uid, "--xwout", str(out))
+    # a named job that is not finished: shown, nothing fetched, and said so (exit status 1)
+    got = await xw(xwresults, alice, pending.uid, "--xwout", str(out), expect=1)
     assert got.stdout == f"UID='{pending.uid}', STATUS='PENDING'\n"
+    assert got.stderr == (
+        f"xwresults: error: job {pending.uid} is PENDING: not finished, nothing fetched;"
+        " --xwwait waits for it\n"
+    )
+    # a taken target is a one-line error
     got = await xw(xwresults, alice, "--xwout", str(out), "--xwformat", "json", expect=1)
     assert f"{out / kept.uid}: exists" in got.stderr and len(got.stderr.splitlines()) == 1
     assert (await api.get_job(kept.uid)).status.value == "COMPLETED"  # not erased: not retrieved
@@ -272,10 +282,7 @@ async def test_xwresults_refuses_a_malicious_zip(grid, tmp_path, xw, user_conf, 
     job = await worker.complete({"ok.txt": b"ok", "../evil.txt": b"evil"}, label="bad")
     out = tmp_path / "results" / "out"
     got = await xw(xwresults, alice, "bad", "--xwout", str(out), expect=1)
-    assert got.stdout.splitlines() == [
-        f"UID='{job.uid}', STATUS='COMPLETED'",
-        f"Downloaded to : {out / f'{job.uid}_ResultsOf_bad.zip'}",
-    ]
+    assert got.stdout.splitlines() == [f"UID='{job.uid}', STATUS='COMPLETED'"]
     why = error_line(got.stderr, "xwresults")
     assert why == f"results of {job.uid} refused: member '../evil.txt' has a '..' component"
     assert not list(tmp_path.rglob("evil.txt"))
@@ -283,3 +290,163 @@ async def test_xwresults_refuses_a_malicious_zip(grid, tmp_path, xw, user_conf, 
     assert (await api.get_job(job.uid)).status.value == "COMPLETED"  # kept: its results were not retrieved
     unknown = await xw(xwresults, alice, "no-such-label", "--xwout", str(out), expect=1)
     assert "no-such-label" in error_line(unknown.stderr, "xwresults")
+
+
+# --- round trips, --xwwait ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def sent(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """The requests the commands send, in order (method, path): a transport in front of the real one."""
+    seen: list[tuple[str, str]] = []
+
+    class Counted:
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        async def handle(self, req: ApiRequest) -> Any:
+            seen.append((req.method, req.path))
+            return await self.inner.handle(req)
+
+        async def aclose(self) -> None:
+            await self.inner.aclose()
+
+    class CountingClient(XWClient):
+        def __init__(self, cfg: Any, transport: Any = None) -> None:
+            super().__init__(cfg, transport)
+            self.transport = Counted(self.transport)
+
+    monkeypatch.setattr("client.cli.XWClient", CountingClient)
+    return seen
+
+
+async def test_xwresults_costs_two_requests_per_listed_job_three_per_named_one(  # type: ignore[no-untyped-def]
+    grid, tmp_path, xw, user_conf, sent
+) -> None:
+    alice, api = await user_conf("alice")
+    worker = Worker(grid, api, tmp_path)
+    await worker.setup()
+    out = str(tmp_path / "out")
+
+    def per_job(job: JobOut) -> list[tuple[str, str]]:
+        return [("GET", f"/data/{job.result}/content"), ("DELETE", f"/jobs/{job.uid}")]
+
+    jobs = [await worker.complete({"a.txt": b"a"}, label=f"a{i}") for i in range(3)]
+    sent.clear()
+    await xw(xwresults, alice, "--xwout", out)
+    login = [("POST", "/auth/token")]
+    overhead = [*login, ("GET", "/ping"), ("GET", "/jobs"), ("GET", "/jobs")]  # once per command
+    assert sent == overhead + [request for job in jobs for request in per_job(job)]  # was 4 per job
+
+    jobs = [await worker.complete({"a.txt": b"a"}, label=f"b{i}") for i in range(3)]
+    sent.clear()
+    await xw(xwresults, alice, "--xwout", out, *[str(job.label) for job in jobs])
+    looked_up = [("GET", "/jobs")]  # the label's lookup answers the job itself
+    assert sent == login + [r for job in jobs for r in looked_up + per_job(job)]  # was 6 per job
+
+    jobs = [await worker.complete({"a.txt": b"a"}, label=f"c{i}") for i in range(3)]
+    sent.clear()
+    await xw(xwresults, alice, "--xwout", out, *[job.uid for job in jobs])
+    assert sent == login + [r for job in jobs for r in [("GET", f"/jobs/{job.uid}"), *per_job(job)]]
+    assert await api.jobs() == []  # all fetched and erased (was 5 per job)
+
+
+async def test_xwwait_fetches_a_named_job_once_it_ends(grid, tmp_path, xw, user_conf) -> None:  # type: ignore[no-untyped-def]
+    alice, api = await user_conf("alice")
+    worker = Worker(grid, api, tmp_path)
+    await worker.setup()
+    job = await worker.claim(label="slow")  # RUNNING
+    out = tmp_path / "out"
+    waiting = asyncio.ensure_future(xw(xwresults, alice, "slow", "--xwwait", "--xwout", str(out)))
+    await asyncio.sleep(1.5)
+    assert not waiting.done()
+    archive = make_zip(tmp_path / "r.zip", {"stdout.txt": b"done\n"})
+    await worker.admin.upload_result(worker.host, worker.attempts[job.uid], archive, 0)
+    got = await asyncio.wait_for(waiting, 30)
+    assert got.stderr == f"xwresults: waiting for job {job.uid} (slow) to finish (it is RUNNING)\n"
+    assert got.stdout.splitlines()[:2] == [
+        f"UID='{job.uid}', STATUS='COMPLETED'",
+        f"Unpacked to : {out / 'slow'}",
+    ]
+    assert (out / "slow" / "stdout.txt").read_bytes() == b"done\n"
+    with pytest.raises(NotFound):
+        await api.get_job(job.uid)
+
+
+async def test_xwtimeout_gives_up_with_one_line_and_polls_with_backoff(  # type: ignore[no-untyped-def]
+    grid, tmp_path, xw, user_conf, error_line, sent
+) -> None:
+    alice, api = await user_conf("alice")
+    worker = Worker(grid, api, tmp_path)
+    await worker.setup()
+    job = await worker.claim(label="slow")
+    sent.clear()
+    got = await xw(
+        xwresults, alice, "slow", "--xwwait", "--xwtimeout", "3", "--xwout", str(tmp_path), expect=1
+    )
+    assert got.stdout == ""
+    lines = got.stderr.splitlines()
+    assert lines[0] == f"xwresults: waiting for job {job.uid} (slow) to finish (it is RUNNING)"
+    assert error_line(lines[1] + "\n", "xwresults") == (
+        f"job {job.uid} (slow) is still RUNNING after 3 s (--xwtimeout): nothing fetched"
+    )
+    looks = sent.count(("GET", f"/jobs/{job.uid}"))
+    assert 3 <= looks <= 5  # after 0.5, 1.25, 2.375 and 3 s (backoff), not every few milliseconds
+    assert (await api.get_job(job.uid)).status.value == "RUNNING"
+
+    bad = await xw(xwresults, alice, "slow", "--xwtimeout", "3", expect=1)
+    assert error_line(bad.stderr, "xwresults") == "--xwtimeout bounds --xwwait: give both"
+
+
+async def test_xwwait_without_ref_waits_for_queued_and_running_jobs_only(  # type: ignore[no-untyped-def]
+    grid, tmp_path, xw, user_conf
+) -> None:
+    alice, api = await user_conf("alice")
+    worker = Worker(grid, api, tmp_path)
+    await worker.setup()
+    done = await worker.complete({"r.txt": b"1"})
+    running = await worker.claim()
+    held = await api.submit(JobIn(app=worker.app, label="held"))
+    await api.hold(held.uid, "not now")
+    out = tmp_path / "out"
+    waiting = asyncio.ensure_future(xw(xwresults, alice, "--xwwait", "--xwout", str(out)))
+    await asyncio.sleep(1.5)
+    assert not waiting.done()
+    archive = make_zip(tmp_path / "r.zip", {"r.txt": b"2"})
+    await worker.admin.upload_result(worker.host, worker.attempts[running.uid], archive, 0)
+    got = await asyncio.wait_for(waiting, 30)
+    assert got.stderr == "xwresults: waiting for 1 job of yours to finish\n"  # the held one is not waited for
+    assert [line for line in got.stdout.splitlines() if line.startswith("UID=")] == [
+        f"UID='{done.uid}', STATUS='COMPLETED'",
+        f"UID='{running.uid}', STATUS='COMPLETED'",
+    ]
+    assert (out / running.uid / "r.txt").read_bytes() == b"2"
+    assert [j.uid for j in await api.jobs()] == [held.uid]
+
+
+def test_poll_delays_grow_then_stay_capped() -> None:
+    delays = list(itertools.islice(poll_delays(), 12))
+    assert delays[0] == POLL_FIRST and delays[-1] == POLL_MAX
+    assert all(b >= a for a, b in itertools.pairwise(delays)) and max(delays) == POLL_MAX
+
+
+async def test_download_content_is_one_request_checked_against_the_sha256_it_carries(  # type: ignore[no-untyped-def]
+    grid, tmp_path
+) -> None:
+    alice = await grid.add_user("alice")
+    src = tmp_path / "in.bin"
+    src.write_bytes(os.urandom(300_000))
+    data = await alice.send_file(src)
+    out = tmp_path / "out"
+    out.mkdir()
+    sizes: list[int | None] = []
+    got = await alice.download_content(data.uid, out / "ok.bin", sized=sizes.append)
+    assert (got.size, got.sha256, sizes) == (300_000, data.sha256, [300_000])
+    assert (out / "ok.bin").read_bytes() == src.read_bytes()
+
+    stored = grid.server.runner.app[SERVICES].store.path(data.sha256)
+    stored.chmod(0o600)
+    stored.write_bytes(os.urandom(300_000))  # the store's copy rots: same size, other bytes
+    with pytest.raises(ValidationFailed, match="does not match its sha256"):
+        await alice.download_content(data.uid, out / "bad.bin")
+    assert [p.name for p in out.iterdir()] == ["ok.bin"]  # no file, no .part left
