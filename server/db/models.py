@@ -19,11 +19,13 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 UID = String(36)
+LABELLED = "label IS NOT NULL AND label <> ''"  # the jobs whose labels must be unique per owner
 
 
 def utcnow() -> datetime:
@@ -154,7 +156,19 @@ class Job(OwnedMixin, Base):
     net_in: Mapped[int] = mapped_column(BigInteger, default=0)  # bytes into the job through its tunnels
     net_out: Mapped[int] = mapped_column(BigInteger, default=0)  # bytes out of it
 
-    __table_args__ = (Index("ix_jobs_status_created", "status", "created"),)
+    __table_args__ = (
+        Index("ix_jobs_status_created", "status", "created"),
+        # A label names one job among its owner's existing jobs (xwresults LABEL, xwrm LABEL...); jobs
+        # without one are unlimited. Deleted jobs are deleted rows, so a label is free again once its job is.
+        Index(
+            "ux_jobs_owner_label",
+            "owner_uid",
+            "label",
+            unique=True,
+            sqlite_where=text(LABELLED),
+            postgresql_where=text(LABELLED),
+        ),
+    )
 
 
 class Attempt(Base):

@@ -5,7 +5,9 @@
 1. every job is checked before anything is written (all-or-nothing; the transaction is the backstop):
    each distinct application is read once and needs execute (a job's rights are the requested rights
    AND the app's); the distinct input, env and stdin data of the whole request are read in one query
-   and must be readable by the submitter; the first job that fails names the request: ``jobs[i]: ...``
+   and must be readable by the submitter; a label must be unique among the submitter's jobs (those that
+   exist and the request's others: one query; the database's unique index is the backstop, 409 either
+   way); the first job that fails names the request: ``jobs[i]: ...``
    with ``index`` in the problem document (a single ``POST /jobs`` keeps its plain messages);
 2. jobs, their data references and their submit events go in as three Core ``INSERT`` statements, each
    one executemany (``insert_many``): no ORM object per job, no flush between a job and its references.
@@ -27,10 +29,11 @@ from typing import Any
 
 from sqlalchemy import JSON, Insert, TypeDecorator, bindparam, insert, select
 from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from common.enums import AppType, DataStatus, JobStatus
-from common.errors import NotFound, ValidationFailed, XWError
+from common.errors import Conflict, NotFound, ValidationFailed, XWError
 from common.rights import Perm, parse_mode
 from common.schemas import JobIn
 from server.authz import Actor, can_raw, default_rights, require, require_may_insert
@@ -49,6 +52,8 @@ IN_CHUNK = 10_000
 TICK = timedelta(microseconds=1)
 
 JOBS, JOB_REFS, EVENTS = table_of(Job), table_of(JobRef), table_of(Event)
+# How the database names the unique index of labels when it refuses a row (PostgreSQL, SQLite).
+LABEL_INDEX_MARKS = ("ux_jobs_owner_label", "jobs.owner_uid, jobs.label")
 
 
 class EncodedJSON(TypeDecorator[str]):
@@ -173,6 +178,33 @@ async def _data(session: AsyncSession, actor: Actor, uids: Collection[str]) -> d
     return verdicts
 
 
+async def _labels_taken(session: AsyncSession, owner: str, labels: Collection[str]) -> dict[str, str]:
+    """Which of ``labels`` the owner's existing jobs have: label -> that job's uid."""
+    taken: dict[str, str] = {}
+    for chunk in _chunks(labels):
+        stmt = select(Job.label, Job.uid).where(Job.owner_uid == owner, Job.label.in_(chunk))
+        taken.update((label, uid) for label, uid in await session.execute(stmt) if label is not None)
+    return taken
+
+
+def _label_refusal(label: str, taken: dict[str, str], given: dict[str, int], batch: bool) -> Conflict | None:
+    """Why a job may not have ``label``: another job of the owner has it, or an earlier job of the
+    request; ``given`` (label -> index in the request) is the request's labels so far."""
+    if label in taken:
+        return Conflict(
+            f"label {label!r} is taken by your job {taken[label]}: labels are unique among your jobs "
+            "(choose another, or remove that job first)",
+            label=label,
+            job=taken[label],
+        )
+    if label in given:
+        first = f"jobs[{given[label]}]" if batch else "another job of this request"
+        return Conflict(
+            f"label {label!r} is also given to {first}: labels are unique among your jobs", label=label
+        )
+    return None
+
+
 def _refs(job: JobIn) -> Sequence[str]:
     """The data a job reads, each once (inputs, env, stdin)."""
     if not (job.inputs or job.env or job.stdin):
@@ -204,6 +236,9 @@ async def submit(session: AsyncSession, actor: Actor, jobs: Sequence[JobIn], *, 
     refs = [_refs(job) for job in jobs]
     apps = await _apps(session, actor, dict.fromkeys(job.app for job in jobs))
     data = await _data(session, actor, dict.fromkeys(uid for job_refs in refs for uid in job_refs))
+    labels = dict.fromkeys(job.label for job in jobs if job.label)
+    taken = await _labels_taken(session, actor.uid, labels) if labels else {}
+    given: dict[str, int] = {}  # label -> the request's job that has it
 
     default = default_rights(actor)
     modes: dict[str, int] = {}  # requested mode text -> bits, parsed once
@@ -223,6 +258,11 @@ async def submit(session: AsyncSession, actor: Actor, jobs: Sequence[JobIn], *, 
             if isinstance(verdict, XWError):
                 raise _at(verdict, i, batch)
             ready = ready and verdict
+        if job.label:
+            refusal = _label_refusal(job.label, taken, given, batch)
+            if refusal is not None:
+                raise _at(refusal, i, batch)
+            given[job.label] = i
         if job.access_rights is None:
             mode = default
         elif (mode := modes.get(job.access_rights, -1)) < 0:
@@ -264,7 +304,15 @@ async def submit(session: AsyncSession, actor: Actor, jobs: Sequence[JobIn], *, 
         ref_rows.extend({"job_uid": uid, "data_uid": d} for d in job_refs)
         event_rows.append({**submit_event, "object_uid": uid, "to_status": status, "reason": app.submitted})
 
-    await insert_many(session, INSERT_JOBS, job_rows)
+    try:
+        await insert_many(session, INSERT_JOBS, job_rows)
+    except IntegrityError as exc:
+        if not any(mark in str(exc) for mark in LABEL_INDEX_MARKS):
+            raise
+        # checked above, so another transaction of the same owner took one meanwhile (PostgreSQL)
+        raise Conflict(
+            "a label of these jobs was taken meanwhile by another submission of yours; nothing was stored"
+        ) from None
     await insert_many(session, insert(JOB_REFS), ref_rows)
     await insert_many(session, insert(EVENTS), event_rows)
     return Submitted(jobs, job_rows, pending)

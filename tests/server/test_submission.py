@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from client.api import XWClient
 from client.transport import ApiRequest
 from common.enums import JobStatus, UserRights
-from common.errors import Forbidden, NotFound, PayloadTooLarge, ValidationFailed, XWError
+from common.errors import Conflict, Forbidden, NotFound, PayloadTooLarge, ValidationFailed, XWError
 from common.schemas import MAX_BATCH_JOBS, AppIn, DataIn, HostIn, JobIn, JobsOut
 from server.db.models import Event, Job, JobRef
 from server.scheduler import submission
@@ -198,6 +198,59 @@ async def test_no_execute_right_on_one_app_refuses_the_batch(grid: Any, tmp_path
         await worker.submit_many([JobIn(app=mine)])
     await bob.chmod(readable, "755")
     assert len(await alice.submit_many([JobIn(app=mine), JobIn(app=readable)])) == 2
+
+
+async def test_a_label_names_one_job_of_its_owner(
+    grid: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alice = await grid.add_user("alice")
+    bob = await grid.add_user("bob")
+    app = await script_app(alice, tmp_path, "s", mode="755")
+    first = await alice.submit(JobIn(app=app, label="run1"))
+    before = await counts(grid)
+
+    # one job: 409 naming the label and the job that has it
+    with pytest.raises(Conflict) as refused:
+        await alice.submit(JobIn(app=app, label="run1"))
+    assert refused.value.reason == (
+        f"label 'run1' is taken by your job {first.uid}: labels are unique among your jobs "
+        "(choose another, or remove that job first)"
+    )
+    assert (refused.value.extra["label"], refused.value.extra["job"]) == ("run1", first.uid)
+
+    # a batch: against an existing job, or twice in the request; nothing stored either way
+    with pytest.raises(Conflict) as refused:
+        await batch(alice, {"jobs": [{"app": app, "label": "a"}, {"app": app, "label": "run1"}]})
+    assert refused.value.extra["index"] == 1
+    assert refused.value.reason.startswith(f"jobs[1]: label 'run1' is taken by your job {first.uid}")
+    jobs = [JobIn(app=app, label="x"), JobIn(app=app, label="y"), JobIn(app=app, label="x")]
+    with pytest.raises(Conflict) as refused:
+        await alice.submit_many(jobs)
+    assert refused.value.extra["index"] == 2
+    assert (
+        refused.value.reason
+        == "jobs[2]: label 'x' is also given to jobs[0]: labels are unique among your jobs"
+    )
+    assert await counts(grid) == before
+
+    # unlimited: no label; the same label for another owner; a label again once its job is gone
+    assert len(await alice.submit_many([JobIn(app=app), JobIn(app=app)])) == 2
+    assert (await bob.submit(JobIn(app=app, label="run1"))).label == "run1"
+    await alice.remove(first.uid)
+    again = await alice.submit(JobIn(app=app, label="run1"))
+    assert [j.uid for j in await alice.jobs(label="run1", owner="alice")] == [again.uid]
+
+    # the database is the backstop (two submissions racing on PostgreSQL): still a 409, nothing stored
+    async def nothing_taken(*args: Any) -> dict[str, str]:
+        return {}
+
+    monkeypatch.setattr(submission, "_labels_taken", nothing_taken)
+    before = await counts(grid)
+    for few_rows in (64, 1):  # SQLAlchemy's executemany, the driver's own (insert_many)
+        monkeypatch.setattr(submission, "FEW_ROWS", few_rows)
+        with pytest.raises(Conflict, match="a label of these jobs was taken meanwhile"):
+            await alice.submit_many([JobIn(app=app, label="new"), JobIn(app=app, label="run1")])
+    assert await counts(grid) == before
 
 
 async def test_size_limits(grid: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
