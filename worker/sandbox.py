@@ -376,15 +376,31 @@ class JobProcesses:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.pid, signal.SIGKILL)
 
-    def sweep(self) -> int:
-        """After the end: kill what is left (seen, or in the session), reap it; survivors (blocking)."""
-        victims = list(self.seen.values()) + ([self.inner] if self.inner is not None else [])
+    def session(self) -> list[psutil.Process]:
+        """The processes in the job's session (under bwrap: the namespace init before its setsid).
+
+        Once the top process is reaped, its pid (the session id) stays reserved only while a process of
+        the session lives; with none left, the kernel may give it to a new process, often the session
+        leader of another job. So if that pid names a process, before or after the scan, nothing of the
+        job is in the session and whatever has that session id belongs to someone else.
+        """
+        if self.reaped and psutil.pid_exists(self.pid):
+            return []
+        found = []
         for p in psutil.process_iter():
             try:
                 if os.getsid(p.pid) == self.pid and p.create_time() >= self.started:
-                    victims.append(p)
+                    found.append(p)
             except (OSError, psutil.Error):
                 continue
+        if self.reaped and psutil.pid_exists(self.pid):
+            return []
+        return found
+
+    def sweep(self) -> int:
+        """After the end: kill what is left (seen, or in the session), reap it; survivors (blocking)."""
+        victims = list(self.seen.values()) + ([self.inner] if self.inner is not None else [])
+        victims += self.session()
         for p in victims:
             _kill(p)
         known = {p.pid for p in victims}

@@ -8,7 +8,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -66,41 +66,77 @@ def _pid_ns(pid: int) -> int | None:
         return None
 
 
+def _hold_pid_ns(job: JobRun) -> int:
+    """An open fd on the job's pid namespace (-1 until bwrap has told its init): while it is open, no
+    later namespace gets its inode number."""
+    inner = job._procs.inner if job._procs is not None else None
+    if inner is None:
+        return -1
+    try:
+        fd = os.open(f"/proc/{inner.pid}/ns/pid", os.O_RDONLY)
+    except OSError:
+        return -1
+    if not inner.is_running():  # the init was gone and its pid reused before the open
+        os.close(fd)
+        return -1
+    return fd
+
+
 @dataclass
 class Watch:
-    """What a test saw of a job's processes while it ran."""
+    """What a test saw of a job's processes while it ran (close it: it holds the pid namespace open)."""
 
     job: JobRun
-    pid_ns: int | None = None
+    pid_ns_fd: int = -1
     most: int = 0
     outcome: Outcome | None = None
 
+    @property
+    def pid_ns(self) -> int | None:
+        """The inode number of the job's pid namespace, once seen."""
+        return os.fstat(self.pid_ns_fd).st_ino if self.pid_ns_fd >= 0 else None
+
     def look(self) -> None:
-        inner = self.job._procs.inner if self.job._procs is not None else None
-        if self.pid_ns is None and inner is not None:
-            self.pid_ns = _pid_ns(inner.pid)
+        if self.pid_ns_fd < 0:
+            self.pid_ns_fd = _hold_pid_ns(self.job)
         self.most = max(self.most, len(self.processes()))
 
     def processes(self) -> list[str]:
-        """Processes of this job: in its session, its pid namespace, or running from its directory.
+        """Processes of this job: in its pid namespace, running from its directory, with its XWJOBUID, or
+        in its session.
 
-        Not by uid: other test runs on this machine run jobs as the same uid.
+        Only by what cannot name another process once the job has ended (other test runs on this machine
+        run jobs too): not by uid; by the namespace's inode number only while we hold the namespace open
+        (an ended namespace's number goes to the next one created); by session only while the top's pid
+        names no process (once reaped, that pid, the session id, goes to a new process, often another
+        job's bwrap; a process left in the session keeps it reserved).
         """
+        ns, top = self.pid_ns, self.job.pid
+        procs = self.job._procs
+        reaped = procs is None or procs.reaped
+        session = top is not None and not (reaped and psutil.pid_exists(top))
         found = []
         marker = str(self.job.dir)
         for p in psutil.process_iter(["name", "status", "cmdline"]):
             try:
                 mine = (
-                    (self.job.pid is not None and os.getsid(p.pid) == self.job.pid)
-                    or (self.pid_ns is not None and _pid_ns(p.pid) == self.pid_ns)
+                    (ns is not None and _pid_ns(p.pid) == ns)
                     or any(marker in arg for arg in p.info["cmdline"] or [])
                     or p.environ().get("XWJOBUID") == self.job.spec.job_uid
+                    or (session and os.getsid(p.pid) == top)
                 )
             except (OSError, psutil.Error):
                 continue
             if mine:
                 found.append(f"{p.pid} {p.info['name']} {p.info['status']}")
+        if session and reaped and top is not None and psutil.pid_exists(top):
+            return self.processes()  # the top's pid was given to a new process during the scan
         return found
+
+    def close(self) -> None:
+        if self.pid_ns_fd >= 0:
+            os.close(self.pid_ns_fd)
+            self.pid_ns_fd = -1
 
 
 @dataclass
@@ -110,6 +146,7 @@ class Runner:
     root: Path
     sandbox: Sandbox
     count: int = 0
+    watches: list[Watch] = field(default_factory=list)
 
     def spec(self, script: str, **kw: Any) -> JobSpec:
         self.count += 1
@@ -139,12 +176,14 @@ class Runner:
         return path
 
     def watcher(self, job: JobRun) -> Watch:
-        return Watch(job)
+        watch = Watch(job)
+        self.watches.append(watch)  # closed when the test ends
+        return watch
 
     async def watch(self, job: JobRun, every: float = 0.02) -> Watch:
         """Run ``job`` while noting its pid namespace and peak process count (for containment checks)."""
         task = asyncio.create_task(job.run())
-        watch = Watch(job)
+        watch = self.watcher(job)
         while not task.done():
             watch.look()
             await asyncio.sleep(every)
@@ -158,16 +197,25 @@ class Runner:
         return await self.job(script, **kw).run()
 
 
-@pytest.fixture
-def runner(workdir: Path, box: Sandbox) -> Runner:
-    return Runner(workdir, box)
+def _runner(workdir: Path, box: Sandbox) -> Iterator[Runner]:
+    runner = Runner(workdir, box)
+    try:
+        yield runner
+    finally:
+        for watch in runner.watches:
+            watch.close()
 
 
 @pytest.fixture
-def bwrap_runner(workdir: Path, bwrap_box: Sandbox) -> Runner:
-    return Runner(workdir, bwrap_box)
+def runner(workdir: Path, box: Sandbox) -> Iterator[Runner]:
+    yield from _runner(workdir, box)
 
 
 @pytest.fixture
-def plain_runner(workdir: Path, plain_box: Sandbox) -> Runner:
-    return Runner(workdir, plain_box)
+def bwrap_runner(workdir: Path, bwrap_box: Sandbox) -> Iterator[Runner]:
+    yield from _runner(workdir, bwrap_box)
+
+
+@pytest.fixture
+def plain_runner(workdir: Path, plain_box: Sandbox) -> Iterator[Runner]:
+    yield from _runner(workdir, plain_box)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import time
 import uuid
 import zipfile
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -136,6 +138,26 @@ def uid_in_use(uid: int) -> bool:
     return any(p.info["uids"] and p.info["uids"].real == uid for p in psutil.process_iter(["uids"]))
 
 
+@contextlib.contextmanager
+def spare_uid() -> Iterator[int]:
+    """A uid no process uses, kept from concurrent test runs (which pick theirs the same way) until the end.
+
+    The reservation is an abstract unix socket: the kernel drops it with its holder, however that ends.
+    """
+    for uid in range(61000, 62000):
+        claim = socket.socket(socket.AF_UNIX)
+        try:
+            claim.bind(f"\0xwhep-test-uid-{uid}")
+        except OSError:
+            claim.close()
+            continue
+        with claim:
+            if not uid_in_use(uid):
+                yield uid
+                return
+    raise RuntimeError("no spare uid in 61000-61999")
+
+
 NAIVE_BOMB = "import os\nwhile True:\n    os.fork()\n"
 STUBBORN_BOMB = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
 
@@ -144,27 +166,29 @@ STUBBORN_BOMB = "import os\nwhile True:\n    try:\n        os.fork()\n    except
     ("bomb", "wallclock"), [(NAIVE_BOMB, 5), (STUBBORN_BOMB, 2)], ids=["naive", "stubborn"]
 )
 async def test_fork_bomb_is_contained(bwrap_runner: Any, bomb: str, wallclock: float) -> None:
-    runner = bwrap_runner
-    if os.geteuid() == 0:
-        # RLIMIT_NPROC counts every process of a uid: give the bomb its own, so that jobs of other test
-        # runs on this machine (as nobody) keep their share
-        uid = next(u for u in range(61000, 62000) if not uid_in_use(u))
-        runner = replace(bwrap_runner, sandbox=detect("bwrap", run_as=(uid, uid)))
-    limits = replace(runner.spec("").limits, wallclock=wallclock, processes=64)
-    job = runner.job(PY + bomb, limits=limits)
-    t0 = time.monotonic()
-    watch = await runner.watch(job, every=0.1)
-    out = watch.outcome
-    assert time.monotonic() - t0 < wallclock + 15  # stopped by the wallclock, not by itself
-    assert out.status in ("exited", "wallclock"), out.reason
-    if bomb is STUBBORN_BOMB:
-        assert out.status == "wallclock"
-        assert watch.pid_ns is not None and watch.most >= 32  # it did fork a lot ...
-    assert watch.most <= 64 + 8, watch.most  # ... but RLIMIT_NPROC held (give or take bwrap itself)
-    assert watch.processes() == []  # no process of the job remains
-    if os.geteuid() == 0:
-        assert not uid_in_use(runner.sandbox.job_uid)
-    assert psutil.virtual_memory().available > 64 << 20  # the machine is fine
+    with contextlib.ExitStack() as stack:
+        runner = bwrap_runner
+        if os.geteuid() == 0:
+            # RLIMIT_NPROC counts every process of a uid: give the bomb its own, so that jobs of other test
+            # runs on this machine (as nobody, or bombs under their own spare uid) keep their share
+            uid = stack.enter_context(spare_uid())
+            runner = replace(bwrap_runner, sandbox=detect("bwrap", run_as=(uid, uid)))
+        limits = replace(runner.spec("").limits, wallclock=wallclock, processes=64)
+        job = runner.job(PY + bomb, limits=limits)
+        t0 = time.monotonic()
+        watch = await runner.watch(job, every=0.1)
+        out = watch.outcome
+        assert out is not None
+        assert time.monotonic() - t0 < wallclock + 15  # stopped by the wallclock, not by itself
+        assert out.status in ("exited", "wallclock"), out.reason
+        if bomb is STUBBORN_BOMB:
+            assert out.status == "wallclock"
+            assert watch.pid_ns is not None and watch.most >= 32  # it did fork a lot ...
+        assert watch.most <= 64 + 8, watch.most  # ... but RLIMIT_NPROC held (give or take bwrap itself)
+        assert watch.processes() == []  # no process of the job remains
+        if os.geteuid() == 0:
+            assert not uid_in_use(runner.sandbox.job_uid)
+        assert psutil.virtual_memory().available > 64 << 20  # the machine is fine
 
 
 async def test_job_runs_unprivileged_without_capabilities(bwrap_runner: Any) -> None:
