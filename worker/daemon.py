@@ -16,7 +16,7 @@ import random
 import shlex
 import shutil
 import time
-from collections.abc import Coroutine, MutableMapping
+from collections.abc import Callable, Coroutine, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ from common.schemas import (
 )
 from worker import identity
 from worker import state as st
+from worker.busy import BusyPolicy, OwnerWatch, PauseStatus, Sample, save_status
 from worker.cache import FileCache
 from worker.execute import JobRun, JobSpec, Outcome
 from worker.outbox import Outbox
@@ -96,6 +97,7 @@ class WorkerOptions:
     activation: tuple[int, int] | None = None  # (start hour, end hour), e.g. (20, 7)
     memory_limit: int = DEFAULT_ADDRESS_SPACE  # address-space cap of a job that requests no memory
     cache_dir: Path | None = None  # default: work_dir/cache
+    busy: BusyPolicy | None = None  # pause while the machine's owner is busy (worker/busy.py)
 
 
 def machine_os() -> OS:
@@ -128,7 +130,9 @@ class _Held:
 class Worker:
     """One worker process: ``await Worker(client, options).run()`` until stopped or drained."""
 
-    def __init__(self, client: XWClient, options: WorkerOptions) -> None:
+    def __init__(
+        self, client: XWClient, options: WorkerOptions, *, meter: Callable[[], Sample] | None = None
+    ) -> None:
         self.client = client
         self.opt = options
         self.state = st.WorkerState(
@@ -148,6 +152,8 @@ class Worker:
         self._tasks: set[asyncio.Task[None]] = set()
         self._free_slots = set(range(options.slots))  # each slot runs its jobs under a uid of its own
         self.outbox = Outbox(client, lambda: self.host_uid, self.log)
+        # meter: the owner's load source (default: this machine's CPU counters; tests pass their own)
+        self.owner = OwnerWatch(options.busy, self._owner_sample, meter) if options.busy else None
 
     def stop(self, reason: str) -> None:
         """Stop now: running jobs are killed and given back to the server."""
@@ -173,6 +179,9 @@ class Worker:
             return self._stop_reason
         loops = [self._heartbeat_loop(), self._tick_loop(), self._upload_retry_loop(), self._claim_loop()]
         loops += [self.outbox.run()]
+        if self.owner is not None:
+            self._save_status()
+            loops.append(self.owner.run())
         tasks = [asyncio.create_task(self._guard(c), name=getattr(c, "__qualname__", "loop")) for c in loops]
         try:
             await self._stop.wait()
@@ -247,6 +256,14 @@ class Worker:
                 )
             await asyncio.sleep(delay)
 
+    async def enrol(self) -> str:
+        """Enrol once, now, saving the host credential (``xwworker install``); the host uid.
+
+        No waiting out an outage here: whoever installs is told at once that the server is unreachable.
+        """
+        await self._enrol()
+        return self.host_uid
+
     async def _enrol(self) -> None:
         free = shutil.disk_usage(self.opt.work_dir).free
         host = HostIn(
@@ -313,7 +330,8 @@ class Worker:
         backoff = 1.0
         while not self._stop.is_set():
             free = min(self.state.free_slots(), len(self._free_slots))
-            if free <= 0 or not in_window(time.localtime().tm_hour, self.opt.activation):
+            paused = self.owner is not None and self.owner.paused
+            if free <= 0 or paused or not in_window(time.localtime().tm_hour, self.opt.activation):
                 self._wake.clear()
                 # asyncio.timeout, not wait_for: in 3.11 wait_for can swallow a cancel when the event
                 # fires in the same loop iteration (Forget/Stop set it just before shutdown cancels us).
@@ -322,8 +340,11 @@ class Worker:
                         await self._wake.wait()
                 continue
             try:
-                assignments = await self.client.claim_work(self.host_uid, self.opt.longpoll, free)
+                got = await self._claim_unless_paused(free)
                 backoff = 1.0
+                if got is None:
+                    continue
+                assignments = got
             except TransportError as err:
                 self.log.warning("work request failed (%s); retrying in %.0f s", err.reason, backoff)
                 await asyncio.sleep(backoff)
@@ -343,6 +364,63 @@ class Worker:
                 continue
             for a in assignments:
                 self._start(a)
+
+    async def _claim_unless_paused(self, free: int) -> list[Assignment] | None:
+        """A work request, given up (None) if the owner gets busy while it waits: what it would bring
+        could only wait here. An answer lost that way goes back to the queue (we never report it)."""
+        if self.owner is None:
+            return await self.client.claim_work(self.host_uid, self.opt.longpoll, free)
+        claim = asyncio.create_task(self.client.claim_work(self.host_uid, self.opt.longpoll, free))
+        busy = asyncio.create_task(self.owner.event.wait())
+        try:
+            await asyncio.wait({claim, busy}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            busy.cancel()
+            if not claim.done():
+                claim.cancel()
+                with contextlib.suppress(asyncio.CancelledError, XWError):
+                    await claim
+        return None if claim.cancelled() else claim.result()
+
+    def _owner_sample(self, paused: bool, changed: bool, load: float) -> None:
+        """After each sample of the owner's load: suspend or resume the jobs, say so once."""
+        assert self.owner is not None
+        policy = self.owner.policy
+        runs = [h.run for h in self.held.values() if h.run is not None and h.outcome is None]
+        if paused:
+            for run in runs:
+                run.suspend()  # again each time: catches jobs and processes started since
+        elif changed:
+            for run in runs:
+                run.resume()
+            self._wake.set()
+        if changed:
+            self.log.info(
+                "%s: the owner's load averaged %.0f%% of all cores over %g s (threshold %g%%); %d job(s) %s",
+                "pausing" if paused else "resuming",
+                load,
+                policy.busy_after if paused else policy.calm_after,
+                policy.threshold,
+                len(runs),
+                "suspended, no new work" if paused else "resumed",
+            )
+            self._save_status()
+
+    def _save_status(self) -> None:
+        """Tell ``xwworker status`` whether we are paused (a failure to write only loses that)."""
+        if self.owner is None:
+            return
+        status = PauseStatus(
+            os.getpid(),
+            self.owner.paused,
+            self.owner.changed_at,
+            self.owner.load,
+            self.owner.policy.threshold,
+        )
+        try:
+            save_status(self.opt.work_dir, status)
+        except OSError as exc:
+            self.log.warning("cannot write the status file: %s", exc)
 
     def _start(self, a: Assignment) -> None:
         """Hold an attempt (counted against the free slots at once) and run it in a slot of its own."""
@@ -431,6 +509,8 @@ class Worker:
         try:
             spec = await self._prepare(a, held)
             held.run = run = JobRun(spec, self.jobs_root, self._sandbox_for(slot))
+            if self.owner is not None and self.owner.paused:
+                run.suspend()  # claimed just before the pause: it starts stopped
             log.info("running %s %s", a.app_name, a.job.args)
             task = asyncio.create_task(run.run())
             try:

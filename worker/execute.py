@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
@@ -29,6 +30,7 @@ POLL_SECONDS = 0.05  # only without pidfd support
 KILL_POLL_SECONDS = 0.1
 # We kill inside the sandbox first so bwrap sees its namespace end; only after this do we kill bwrap.
 KILL_GRACE_SECONDS = 2.0
+SIGNAL_ROUNDS = 5  # suspending a job: passes over its process tree until no new process shows up
 
 Status = Literal["exited", "wallclock", "killed", "failed"]
 
@@ -122,6 +124,10 @@ class JobRun(JobPorts):
         self._kill_requested = asyncio.Event()
         self._t0: float | None = None
         self._t1: float | None = None
+        # Suspended while the machine's owner is busy (worker/busy.py): that time is not the job's.
+        self._hold = False
+        self._paused_since: float | None = None
+        self._paused_total = 0.0
 
     @property
     def pid(self) -> int | None:
@@ -129,12 +135,74 @@ class JobRun(JobPorts):
         return self._proc.pid if self._proc is not None else None
 
     def usage(self) -> tuple[float, int, float]:
-        """(cpu seconds, max rss bytes, wall seconds) so far, sampled every ~0.5 s."""
+        """(cpu seconds, max rss bytes, wall seconds) so far, sampled every ~0.5 s; wall time leaves out
+        the time the job spent suspended (its wallclock limit is on the time it could run)."""
         if self._t0 is None:
             return 0.0, 0, 0.0
-        end = self._t1 if self._t1 is not None else time.monotonic()
+        wall = self._run_seconds()
         procs = self._procs
-        return (procs.cpu, procs.max_rss, end - self._t0) if procs else (0.0, 0, end - self._t0)
+        return (procs.cpu, procs.max_rss, wall) if procs else (0.0, 0, wall)
+
+    def _run_seconds(self) -> float:
+        """Seconds the job has been running, not counting the time it was suspended."""
+        if self._t0 is None:
+            return 0.0
+        end = self._t1 if self._t1 is not None else time.monotonic()
+        paused = self._paused_total
+        if self._paused_since is not None:
+            paused += max(end - self._paused_since, 0.0)
+        return max(end - self._t0 - paused, 0.0)
+
+    @property
+    def suspended(self) -> bool:
+        return self._hold
+
+    def suspend(self) -> None:
+        """SIGSTOP every process of the job (again: catches processes started since); a job that has
+        not started yet starts stopped. Its wallclock stands still until ``resume()``."""
+        if self._kill_requested.is_set():
+            return  # being killed: it must be free to die
+        self._hold = True
+        if self._procs is None or self._procs.reaped:
+            return
+        if self._paused_since is None:
+            self._paused_since = time.monotonic()
+        self._signal_all(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT the job's processes; its wallclock runs again."""
+        self._hold = False
+        if self._paused_since is not None:
+            self._paused_total += time.monotonic() - self._paused_since
+            self._paused_since = None
+        self._signal_all(signal.SIGCONT)
+
+    def _signal_all(self, sig: signal.Signals) -> None:
+        """Signal the whole job: the top process, its tree, bwrap's namespace init, the processes seen.
+
+        Repeated until no new process shows up, so a process forked while the tree was being stopped
+        is stopped too. SIGSTOP reaches a pid namespace's init from outside; SIGCONT resumes it.
+        """
+        procs = self._procs
+        if procs is None or procs.reaped:
+            return
+        done: set[int] = set()
+        for _ in range(SIGNAL_ROUNDS):
+            found = {procs.pid: procs.top, **procs.seen}
+            if procs.inner is not None:
+                found[procs.inner.pid] = procs.inner
+            with contextlib.suppress(psutil.Error):
+                found.update((p.pid, p) for p in procs.top.children(recursive=True))
+            fresh = [p for pid, p in found.items() if pid not in done]
+            if not fresh:
+                break
+            for p in fresh:
+                with contextlib.suppress(psutil.Error):
+                    p.send_signal(sig)  # psutil checks the pid still names the same process
+                done.add(p.pid)
+        if self.sandbox.kind != "bwrap" and not procs.reaped:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(procs.pid, sig)  # the job's session: what left the tree but not its group
 
     def kill(self, reason: str) -> None:
         """SIGKILL the whole job now; ``run()`` then returns status "killed" with ``reason``."""
@@ -147,6 +215,10 @@ class JobRun(JobPorts):
             self._procs.kill_inside()
             if self.sandbox.kind != "bwrap":
                 self._procs.kill_group()
+            if self._hold:
+                # SIGKILL ends stopped processes too, but a stopped bwrap could not see its namespace
+                # end (nor reap it) until continued: what is left of the job may run to its death now.
+                self.resume()
 
     def cleanup(self) -> None:
         """Remove the job directory (killing the job first if it still runs)."""
@@ -265,6 +337,8 @@ class JobRun(JobPorts):
             self._pidfd = os.pidfd_open(self._proc.pid)
         except (AttributeError, OSError):
             self._pidfd = -1
+        if self._hold:  # suspended before it started: it starts stopped
+            self.suspend()
         self._log.info("started pid %d (%s)", self._proc.pid, self.sandbox.kind)
         return info_r
 
@@ -275,15 +349,19 @@ class JobRun(JobPorts):
         exit_task = asyncio.create_task(self._wait_exit())
         kill_task = asyncio.create_task(self._kill_requested.wait())
         sampler = asyncio.create_task(self._sample_loop())
+        limit = self.spec.limits.wallclock
         try:
-            done, _ = await asyncio.wait(
-                {exit_task, kill_task},
-                timeout=self.spec.limits.wallclock,
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-            if not done:
-                self._wallclock_hit = True
-                self._log.info("wallclock %g s exceeded: killing", self.spec.limits.wallclock)
+            done: set[asyncio.Task[Any]] = set()
+            while not done:
+                # the time left is on the job's own clock, which stands still while it is suspended
+                left = None if limit is None else limit - self._run_seconds()
+                if left is not None and left <= 0:
+                    self._wallclock_hit = True
+                    self._log.info("wallclock %g s exceeded: killing", limit)
+                    break
+                done, _ = await asyncio.wait(
+                    {exit_task, kill_task}, timeout=left, return_when=asyncio.FIRST_COMPLETED
+                )
             if exit_task not in done:
                 await self._terminate(exit_task)
             code = exit_task.result()
