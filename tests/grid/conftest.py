@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import re
 import shutil
 import signal
 import socket
@@ -94,7 +95,7 @@ class LocalGrid:
             if await check():
                 return
             await asyncio.sleep(0.2)
-        logs = "\n".join(f"--- {n}\n{self.log(n)[-3000:]}" for n in self.procs)
+        logs = "\n".join(f"--- {n}\n{collapsed(self.log(n))[-6000:]}" for n in self.procs)
         raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{logs}")
 
     async def wait_job(self, xw: XWClient, uid: str, statuses: set[JobStatus], timeout: float = 60) -> JobOut:
@@ -177,6 +178,25 @@ async def local_grid(tmp_path: Path, grid_factory) -> AsyncIterator[LocalGrid]: 
         await lg.relay.aclose()
         kill_leftovers(work_root)  # jobs of workers a test SIGKILLed
         shutil.rmtree(work_root, ignore_errors=True)
+
+
+def collapsed(log: str) -> str:
+    """A worker log with runs of the same message (bar timestamps and delays) shown once, counted: so
+    that a failure's excerpt is not all "heartbeat failed ... retrying" lines."""
+    out: list[str] = []
+    last, count = "", 0
+    for line in log.splitlines():
+        key = re.sub(r"^\S+ \S+ |\d+(\.\d+)? s\b", "", line)
+        if key == last:
+            count += 1
+            continue
+        if count:
+            out.append(f"    ... and {count} more like it")
+        out.append(line)
+        last, count = key, 0
+    if count:
+        out.append(f"    ... and {count} more like it")
+    return "\n".join(out)
 
 
 def free_port() -> int:

@@ -120,16 +120,21 @@ async def test_a_server_outage_longer_than_the_alive_timeout_loses_no_job(outage
     og = outage_grid
     # Jobs end when the test says so (a file appears): no sandbox, so they see the test's directory.
     signals = og.work_root / "signals"
-    signals.mkdir(mode=0o755)
-    signals.chmod(0o755)
+    signals.mkdir()
+    signals.chmod(0o1777)  # the jobs (another uid under a root worker) say there that they started
     await og.add_worker("steady", "--slots", "2", "--sandbox", "none", "--allow-unsandboxed-jobs")
     alice = await og.grid.add_user("alice")  # type: ignore[attr-defined]
-    body = f'while [ ! -e {signals}/"$1" ]; do sleep 0.1; done\necho "done $1"\n'
+    body = (
+        f'touch {signals}/"started-$1"\nwhile [ ! -e {signals}/"$1" ]; do sleep 0.1; done\necho "done $1"\n'
+    )
     app = await og.script_app(alice, "waits", body)
     during = await alice.submit(JobIn(app=app, args="during"))
     through = await alice.submit(JobIn(app=app, args="through"))
-    for job in (during, through):
-        await og.wait_job(alice, job.uid, {JobStatus.RUNNING})
+    # RUNNING on the server means claimed; the worker may still be fetching the job's files (and an
+    # outage then is another story): wait until both jobs really run.
+    for name in ("during", "through"):
+        started = signals / f"started-{name}"
+        await og.wait_for(lambda started=started: _true(started.exists()), 60, f"job {name} to start")
     host = (await alice.get_job(during.uid)).host
     assert host and (await alice.get_job(through.uid)).host == host
 
