@@ -8,7 +8,6 @@ import io
 import re
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -23,6 +22,7 @@ from client.api import XWClient
 from common.enums import AppType, JobStatus, UserRights
 from common.schemas import AppIn, Binary, JobOut, UserIn
 from proxy.relay import Relay, load_or_create_host_key
+from tests.ports import free_port
 from worker.daemon import kill_leftovers
 
 ALIVE_PERIOD = 0.5
@@ -197,13 +197,6 @@ def collapsed(log: str) -> str:
     if count:
         out.append(f"    ... and {count} more like it")
     return "\n".join(out)
-
-
-def free_port() -> int:
-    """A port that was free a moment ago (the relay binds it right after the server is told)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def _all_enrolled(lg: LocalGrid, names: set[str]) -> bool:

@@ -21,7 +21,8 @@ import pytest
 from common.enums import JobStatus, UserRights
 from common.schemas import JobIn, UserIn
 from server.app import start
-from tests.grid.conftest import ALIVE_PERIOD, ALIVE_TIMEOUT, LocalGrid, free_port
+from tests.grid.conftest import ALIVE_PERIOD, ALIVE_TIMEOUT, LocalGrid
+from tests.ports import free_port
 from worker.daemon import kill_leftovers
 
 FINAL = {JobStatus.COMPLETED, JobStatus.ERROR}

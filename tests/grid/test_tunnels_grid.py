@@ -20,6 +20,7 @@ import pytest
 
 from common.enums import JobStatus
 from common.schemas import ForwardAddress, JobIn
+from tests.ports import free_port
 
 FINAL = {JobStatus.COMPLETED, JobStatus.ERROR}
 XWPROXY = str(Path(sys.executable).parent / "xwproxy")
@@ -116,14 +117,6 @@ async def xwproxy(conf: Path, *args: str) -> AsyncIterator[tuple[asyncio.subproc
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def _fileserver_job(lg, alice, blob: bytes):  # type: ignore[no-untyped-def]

@@ -8,7 +8,6 @@ import asyncio
 import base64
 import hashlib
 import io
-import socket
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from client.api import XWClient
 from common.enums import JobStatus
 from common.schemas import AppIn, Heartbeat, HostIn, InlineResult, JobIn, JobReport, JobUsage
 from server.app import start
+from tests.ports import free_port
 
 ALIVE_PERIOD = 0.5
 ALIVE_TIMEOUT = 2.0  # the reaper's timeout: max(alive_timeout, 3 periods)
@@ -29,12 +29,6 @@ def _zip(text: str) -> bytes:
     with zipfile.ZipFile(buf, "w") as zf:
         zf.writestr("stdout.txt", text)
     return buf.getvalue()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def _setup(grid: Any, tmp_path: Path, jobs: int) -> tuple[XWClient, list[str], XWClient, str]:
@@ -104,7 +98,7 @@ async def test_claims_reports_and_results_count_as_signs_of_life(grid_factory: A
 async def test_a_restarted_server_waits_a_whole_timeout_before_declaring_hosts_lost(
     grid_factory: Any, tmp_path: Path
 ) -> None:
-    grid = await grid_factory(port=_free_port(), alive_period=ALIVE_PERIOD, alive_timeout=ALIVE_TIMEOUT)
+    grid = await grid_factory(port=free_port(), alive_period=ALIVE_PERIOD, alive_timeout=ALIVE_TIMEOUT)
     alice, [job], xw, host = await _setup(grid, tmp_path, 1)
     [a] = await xw.claim_work(host, 0, 1)
     credential = xw.host_credential(host)

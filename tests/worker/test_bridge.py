@@ -17,6 +17,7 @@ from typing import Any
 import psutil
 import pytest
 
+from tests.ports import free_port
 from worker.bridge import HELPER_NAME, PortBridge
 from worker.sandbox import Sandbox
 
@@ -49,13 +50,6 @@ def member(results: Path, name: str) -> bytes:
 def names_in(results: Path) -> set[str]:
     with zipfile.ZipFile(results) as zf:
         return set(zf.namelist())
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def leftovers(job: Any) -> list[str]:
