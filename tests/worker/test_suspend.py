@@ -14,7 +14,9 @@ import psutil
 from worker.execute import JobRun
 
 SH = "#!/bin/sh\n"
-COUNT = 'i=0; while [ "$i" -lt 40 ]; do echo "$i"; i=$((i+1)); sleep 0.05; done\n'
+# Counts through a pipe, so that the job always has several processes (the shell, the counting subshell,
+# cat), whenever it is stopped: its short-lived sleeps come and go.
+COUNT = '(i=0; while [ "$i" -lt 40 ]; do echo "$i"; i=$((i+1)); sleep 0.05; done) | cat\n'
 
 
 def tree(job: JobRun) -> list[psutil.Process]:
@@ -63,7 +65,7 @@ async def test_suspend_stops_every_process_and_resume_goes_on(runner: Any) -> No
     await until(lambda: lines(job) >= 2, 60, "the job to start counting")
     job.suspend()
     await until(lambda: states(job) == {psutil.STATUS_STOPPED}, 10, f"every process stopped: {states(job)}")
-    assert len(tree(job)) >= 2  # the shell and what it runs (and bwrap's processes) were all stopped
+    assert len(tree(job)) >= 3  # the shell, the subshell and cat (and bwrap's processes): all stopped
     counted = lines(job)
     await asyncio.sleep(1.0)  # time for 20 more lines, were it running
     assert lines(job) == counted and not task.done()
