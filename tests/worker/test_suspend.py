@@ -77,7 +77,9 @@ async def test_suspend_stops_every_process_and_resume_goes_on(runner: Any) -> No
 
 async def test_time_suspended_does_not_count_against_the_wallclock(runner: Any) -> None:
     limits = replace(runner.spec("").limits, wallclock=4)
-    job = runner.job(SH + "sleep 1\necho done\n", limits=limits)
+    # The job runs until the test says so (a file in its scratch): on a loaded machine a fixed sleep
+    # could be over before it is suspended.
+    job = runner.job(SH + "while [ ! -e go ]; do sleep 0.1; done\necho done\n", limits=limits)
     task = asyncio.create_task(job.run())
     await until(lambda: len(tree(job)) >= 2, 60, "the job to start")
     job.suspend()
@@ -86,6 +88,7 @@ async def test_time_suspended_does_not_count_against_the_wallclock(runner: Any) 
     assert not task.done()
     _, _, wall = job.usage()
     assert wall < 4, f"reported wall time {wall:.1f} s includes the pause"
+    (job.scratch / "go").touch()
     job.resume()
     out = await asyncio.wait_for(task, 60)
     assert (out.status, out.return_code) == ("exited", 0), out.reason
