@@ -8,15 +8,16 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from common.enums import AppType
-from common.errors import Conflict, Forbidden
+from common.errors import Conflict
 from common.rights import Perm
 from common.schemas import AppIn, AppOut, Binary, Page
 from common.uri import new_uid
-from server.authz import Actor, can_administer, default_rights, require, require_may_insert, require_may_list
+from server.authz import Actor, can_administer, default_rights, require_may_insert, require_may_list
 from server.db.models import App, Data, Job
 from server.events import record
 from server.http import Routes, read_body, reply
 from server.query import OWNER, name_filter
+from server.removal import delete_app_in
 from server.routes.base import load, paged, path_uid, rights_for
 from server.scheduler.matching import platforms_of
 from server.state import actor_of, services
@@ -130,18 +131,6 @@ async def get_app(request: web.Request) -> web.Response:
     async with services(request).sessions() as session:
         app = await load(session, App, path_uid(request), actor_of(request), Perm.READ, "application")
     return reply(app_out(app))
-
-
-async def delete_app_in(session: AsyncSession, actor: Actor, app: App) -> None:
-    """Delete an application that no job uses any more."""
-    require(actor, app, Perm.WRITE, "application")
-    if not can_administer(actor, app) and app.owner_uid != actor.uid:
-        raise Forbidden(f"{actor.login} may not delete application {app.name}")
-    used = (await session.execute(select(Job.uid).where(Job.app_uid == app.uid).limit(1))).first()
-    if used is not None:
-        raise Conflict(f"application {app.name!r} still has jobs; remove them first")
-    record(session, actor, "app", app, "delete", reason=app.name)
-    await session.delete(app)
 
 
 @routes.add("DELETE", "/apps/{uid}", summary="Delete an application", status=204)

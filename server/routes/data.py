@@ -8,19 +8,19 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from common.enums import CPU, OS, DataStatus
 from common.errors import Conflict, ValidationFailed
-from common.jobstates import FINAL
 from common.rights import Perm
 from common.schemas import DataIn, DataOut, Page
 from common.uri import new_uid
 from server import blobs
-from server.authz import Actor, default_rights, require, require_may_insert, require_may_list
-from server.db.models import Blob, Data, Job, JobRef
+from server.authz import default_rights, require_may_insert, require_may_list
+from server.db.models import Blob, Data
 from server.events import record
 from server.http import Routes, read_body, reply
 from server.query import OWNER, name_filter
+from server.removal import collect_now, delete_data_in
 from server.routes.base import load, paged, path_uid, rights_for
 from server.scheduler import lifecycle
-from server.state import Services, actor_of, services
+from server.state import actor_of, services
 from server.store import DataStore, Ingested
 from server.views import owned
 
@@ -175,24 +175,6 @@ async def get_content(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(path, chunk_size=256 * 1024, headers=headers)
 
 
-async def delete_data_in(session: AsyncSession, actor: Actor, data: Data) -> str | None:
-    """Delete a data object; returns the sha256 whose file must go once the transaction commits."""
-    require(actor, data, Perm.WRITE, "data")
-    users = select(Job.uid).join(JobRef, JobRef.job_uid == Job.uid)
-    users = users.where(JobRef.data_uid == data.uid, Job.status.not_in([s.value for s in FINAL])).limit(1)
-    busy = (await session.execute(users)).scalar_one_or_none()
-    if busy is not None:
-        raise Conflict(f"data {data.name!r} is an input of unfinished job {busy}; remove the job first")
-    record(session, actor, "data", data, "delete", reason=data.name)
-    sha = data.sha256
-    await session.delete(data)
-    await session.flush()
-    if sha is None:
-        return None
-    await blobs.unref(session, sha)
-    return sha
-
-
 @routes.add("DELETE", "/data/{uid}", summary="Delete a data object", status=204)
 async def delete_data(request: web.Request) -> web.Response:
     svc = services(request)
@@ -203,9 +185,3 @@ async def delete_data(request: web.Request) -> web.Response:
     if gone is not None:
         await collect_now(svc, gone)
     return web.Response(status=204)
-
-
-async def collect_now(svc: Services, sha: str) -> None:
-    """Free a content nobody references any more right away (the reaper collects what this misses)."""
-    async with svc.store.lock(sha), svc.sessions() as session, session.begin():
-        await blobs.collect(session, svc.store, [sha])

@@ -10,21 +10,21 @@ from datetime import timedelta
 
 from aiohttp import web
 from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from common.enums import CPU, OS, UserRights
 from common.errors import Forbidden, NotFound, ValidationFailed
 from common.jobstates import ACTIVE
-from common.rights import PRIVATE, PUBLIC, Perm
+from common.rights import PRIVATE, PUBLIC
 from common.schemas import Enrolment, HostIn, HostOut, HostRevoke, Page
 from common.uri import new_uid
 from server import hostcreds
 from server.auth import host_allowed
-from server.authz import Actor, can, can_administer, require_may_list
+from server.authz import require_may_list
 from server.db.models import Host, Job, UserGroup, utcnow
 from server.events import record
 from server.http import Routes, read_body, reply
 from server.query import OWNER, QueryParam
+from server.removal import manageable_host
 from server.routes.base import paged, path_uid
 from server.scheduler.reaper import requeue_host
 from server.state import Services, actor_of, services
@@ -57,16 +57,6 @@ def host_out(h: Host, svc: Services, running: int = 0, project: str | None = Non
         revoked=h.revoked,
         revoke_reason=h.revoke_reason,
     )
-
-
-async def _manageable_host(session: AsyncSession, actor: Actor, hid: str) -> Host:
-    """A host its owner or an administrator may revoke or delete."""
-    host = await session.get(Host, hid)
-    if host is None or not can(actor, host, Perm.READ):
-        raise NotFound(f"no host {hid}")
-    if host.owner_uid != actor.uid and not can_administer(actor, host):
-        raise Forbidden(f"only the owner of host {host.name} or an administrator may do that")
-    return host
 
 
 @routes.add(
@@ -157,7 +147,7 @@ async def revoke_host(request: web.Request) -> web.Response:
     actor = actor_of(request)
     body = await read_body(request, HostRevoke, svc.settings.max_json_bytes)
     async with svc.sessions() as session, session.begin():
-        host = await _manageable_host(session, actor, path_uid(request))
+        host = await manageable_host(session, actor, path_uid(request))
         if host.revoked is None:
             why = body.reason or f"revoked by {actor.login}"
             host.revoked, host.revoke_reason = utcnow(), why
@@ -166,15 +156,6 @@ async def revoke_host(request: web.Request) -> web.Response:
             record(session, actor, "host", host, "revoke", reason=why)
     svc.auth.forget_host(host.uid)
     return reply(host_out(host, svc))
-
-
-async def delete_host_in(session: AsyncSession, actor: Actor, host: Host) -> int:
-    """Delete a host record (its owner or an administrator); its jobs go back to the queue."""
-    host = await _manageable_host(session, actor, host.uid)
-    moved = await requeue_host(session, host.uid, f"rescheduled: worker {host.name} deleted", actor)
-    record(session, actor, "host", host, "delete", reason=host.name)
-    await session.delete(host)
-    return moved
 
 
 @routes.add("GET", "/hosts", summary="List worker hosts", response=Page[HostOut], query=(ALIVE, OWNER))

@@ -5,16 +5,16 @@ from __future__ import annotations
 
 from aiohttp import web
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from common.enums import JobStatus
 from common.errors import NotFound, ValidationFailed
 from common.rights import Perm
 from common.schemas import MAX_BATCH_JOBS, HoldIn, JobIn, JobOut, JobsIn, JobsOut, Page
-from server.authz import Actor, require, require_may_insert, require_may_list
+from server.authz import require, require_may_insert, require_may_list
 from server.db.models import Job
 from server.http import Routes, read_body, reply
 from server.query import OWNER, QueryParam, name_filter, uid_filter
+from server.removal import delete_job_in
 from server.routes.base import load, paged, path_uid
 from server.scheduler import lifecycle, submission
 from server.state import actor_of, services
@@ -115,12 +115,6 @@ async def get_job(request: web.Request) -> web.Response:
     async with services(request).sessions() as session:
         job = await load(session, Job, path_uid(request), actor_of(request), Perm.READ, "job")
     return reply(job_out(job))
-
-
-async def delete_job_in(session: AsyncSession, actor: Actor, job: Job) -> None:
-    """Delete a job in any state (a running one is killed by its host at its next heartbeat)."""
-    require(actor, job, Perm.WRITE, "job")
-    await lifecycle.delete_job(session, job, actor)
 
 
 @routes.add("DELETE", "/jobs/{uid}", summary="Delete a job", status=204)

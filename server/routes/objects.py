@@ -15,12 +15,16 @@ from server.db.models import OWNED_MODELS, App, Data, Event, Host, Job, OwnedMix
 from server.events import record
 from server.http import Routes, page_params, read_body, reply
 from server.query import integer_range, uid_filter
-from server.routes.apps import delete_app_in
+from server.removal import (
+    collect_now,
+    delete_app_in,
+    delete_data_in,
+    delete_group_in,
+    delete_host_in,
+    delete_job_in,
+    delete_user_in,
+)
 from server.routes.base import path_uid
-from server.routes.data import collect_now, delete_data_in
-from server.routes.hosts import delete_host_in
-from server.routes.jobs import delete_job_in
-from server.routes.users import delete_group_in, delete_user_in
 from server.state import actor_of, services
 
 routes = Routes("objects")

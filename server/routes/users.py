@@ -21,6 +21,7 @@ from server.events import record
 from server.http import Routes, read_body, reply
 from server.passwords import hash_password, verify_password
 from server.query import OWNER, name_filter
+from server.removal import delete_group_in, delete_user_in
 from server.routes.base import load, paged, path_uid, rights_for
 from server.state import actor_of, services
 from server.views import owned
@@ -197,20 +198,6 @@ async def delete_user(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-async def delete_user_in(session: AsyncSession, actor: Actor, user: User) -> None:
-    """Delete a user (those who manage it only; never yourself). Its objects stay, owned by its uid.
-
-    Its certificates are revoked (published in the CRL); its tokens and host credentials stop working
-    at once because they resolve to a user that no longer exists.
-    """
-    if user.uid == actor.uid:
-        raise Forbidden("you cannot delete yourself")
-    require_may_manage_user(actor, user.uid, user.login, UserRights(user.rights), user.usergroup_uid)
-    n = await revoke_all(session, user.uid, f"user {user.login} deleted by {actor.login}")
-    record(session, actor, "user", user, "delete", reason=f"{user.login}; {n} certificate(s) revoked")
-    await session.delete(user)
-
-
 @routes.add("GET", "/usergroups", summary="List usergroups", response=Page[UserGroupOut], query=(OWNER,))
 async def list_groups(request: web.Request) -> web.Response:
     actor = actor_of(request)
@@ -262,19 +249,6 @@ async def get_group(request: web.Request) -> web.Response:
     async with services(request).sessions() as session:
         group = await load(session, UserGroup, path_uid(request), actor_of(request), Perm.READ, "usergroup")
     return reply(group_out(group))
-
-
-async def delete_group_in(session: AsyncSession, actor: Actor, group: UserGroup) -> None:
-    """Delete an empty usergroup (administrators only)."""
-    if not actor.is_admin:
-        raise Forbidden("only administrators delete usergroups")
-    members = (
-        await session.execute(select(User.uid).where(User.usergroup_uid == group.uid).limit(1))
-    ).first()
-    if members is not None:
-        raise Conflict(f"usergroup {group.label!r} still has users")
-    record(session, actor, "usergroup", group, "delete", reason=group.label)
-    await session.delete(group)
 
 
 @routes.add("DELETE", "/usergroups/{uid}", summary="Delete an empty usergroup", status=204)
