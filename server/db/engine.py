@@ -13,6 +13,8 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool
 
+from server.db import inline_sqlite
+
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
 
@@ -26,23 +28,27 @@ logging.getLogger("alembic.runtime.migration").addFilter(_only_real_migrations)
 
 def make_reader(url: str, engine: AsyncEngine) -> AsyncEngine:
     """The engine for reads that must not queue behind writes: on SQLite a second small pool (WAL lets
-    readers run beside the single writer; authentication reads hosts and users through it), elsewhere
-    ``engine`` itself."""
+    readers run beside the single writer; authentication reads hosts and users through it, and lists
+    are read through it, in aiosqlite's thread rather than on the event loop), elsewhere ``engine``
+    itself."""
     if not url.startswith("sqlite"):
         return engine
-    return _sqlite_engine(url, pool_size=2)
+    return _sqlite_engine(url, pool_size=4, inline=False)
 
 
 def make_engine(url: str) -> AsyncEngine:
     """An async engine; SQLite gets WAL, a busy timeout and enforced foreign keys."""
     if url.startswith("sqlite"):
-        return _sqlite_engine(url, pool_size=1)
+        return _sqlite_engine(url, pool_size=1, inline=inline_sqlite.is_inline_capable(url))
     return create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
 
 
-def _sqlite_engine(url: str, pool_size: int) -> AsyncEngine:
+def _sqlite_engine(url: str, pool_size: int, inline: bool) -> AsyncEngine:
     # The writer has one pooled connection: SQLite has a single writer, and serialising in the pool
-    # instead of in SQLite's lock avoids SQLITE_BUSY between this process's own transactions.
+    # instead of in SQLite's lock avoids SQLITE_BUSY between this process's own transactions. It runs
+    # its statements on the event loop's thread (server/db/inline_sqlite.py); readers keep aiosqlite's
+    # thread, so a long read never holds the loop.
+    extra: dict[str, Any] = {"async_creator": inline_sqlite.creator(url)} if inline else {}
     engine = create_async_engine(
         url,
         connect_args={"timeout": 30},
@@ -50,7 +56,9 @@ def _sqlite_engine(url: str, pool_size: int) -> AsyncEngine:
         pool_size=pool_size,
         max_overflow=0,
         pool_timeout=120,
+        **extra,
     )
+    busy_ms = 0 if inline else 30000  # inline: lock waits go to a worker thread, see inline_sqlite
 
     @event.listens_for(engine.sync_engine, "connect")
     def _pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -58,7 +66,7 @@ def _sqlite_engine(url: str, pool_size: int) -> AsyncEngine:
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA foreign_keys=ON")
-        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute(f"PRAGMA busy_timeout={busy_ms}")
         cur.close()
 
     return engine

@@ -52,7 +52,7 @@ async def list_apps(request: web.Request) -> web.Response:
     name = NAME.text(request)
     if name is not None:
         stmt = stmt.where(App.name == name)
-    async with services(request).sessions() as session:
+    async with services(request).readers() as session:
         rows, total, offset, limit = await paged(session, request, actor, App, stmt, App.name)
     return reply(Page[AppOut](items=[app_out(a) for a in rows], total=total, offset=offset, limit=limit))
 

@@ -52,7 +52,7 @@ async def list_data(request: web.Request) -> web.Response:
     name = NAME.text(request)
     if name is not None:
         stmt = stmt.where(Data.name == name)
-    async with services(request).sessions() as session:
+    async with services(request).readers() as session:
         rows, total, offset, limit = await paged(session, request, actor, Data, stmt, Data.created)
     return reply(Page[DataOut](items=[data_out(d) for d in rows], total=total, offset=offset, limit=limit))
 

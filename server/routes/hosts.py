@@ -167,7 +167,7 @@ async def list_hosts(request: web.Request) -> web.Response:
     if ALIVE.flag(request):
         cutoff = utcnow() - timedelta(seconds=svc.alive_timeout())
         stmt = stmt.where(Host.active.is_(True), Host.last_alive >= cutoff)
-    async with svc.sessions() as session:
+    async with svc.readers() as session:
         rows, total, offset, limit = await paged(session, request, actor, Host, stmt, Host.name)
         uids = [h.uid for h in rows]
         per_host = (

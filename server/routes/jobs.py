@@ -52,7 +52,7 @@ async def list_jobs(request: web.Request) -> web.Response:
         stmt = stmt.where(Job.job_group == group)
     if app is not None:
         stmt = stmt.where(Job.app_uid == app)
-    async with services(request).sessions() as session:
+    async with services(request).readers() as session:
         rows, total, offset, limit = await paged(session, request, actor, Job, stmt, Job.created)
     return reply(Page[JobOut](items=[job_out(j) for j in rows], total=total, offset=offset, limit=limit))
 

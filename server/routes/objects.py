@@ -145,7 +145,7 @@ async def events(request: web.Request) -> web.Response:
         stmt = stmt.where(Event.object_uid == obj)
     if after is not None:
         stmt = stmt.where(Event.id > after)
-    async with services(request).sessions() as session:
+    async with services(request).readers() as session:
         total = (await session.execute(select(func.count()).select_from(stmt.subquery()))).scalar_one()
         rows = (await session.execute(stmt.order_by(Event.id).offset(offset).limit(limit))).scalars().all()
     return reply(

@@ -259,6 +259,6 @@ async def proxy_ticket(request: web.Request) -> web.Response:
 async def list_proxies(request: web.Request) -> web.Response:
     actor = actor_of(request)
     require_may_list(actor, "proxies")
-    async with services(request).sessions() as session:
+    async with services(request).readers() as session:
         rows, total, offset, limit = await paged(session, request, actor, Proxy, select(Proxy), Proxy.created)
     return reply(Page[ProxyOut](items=[proxy_out(p) for p in rows], total=total, offset=offset, limit=limit))

@@ -68,7 +68,7 @@ async def list_users(request: web.Request) -> web.Response:
     login = LOGIN.text(request)
     if login is not None:
         stmt = stmt.where(User.login == login)
-    async with services(request).sessions() as session:
+    async with services(request).readers() as session:
         rows, total, offset, limit = await paged(session, request, actor, User, stmt, User.login)
     return reply(Page[UserOut](items=[user_out(u) for u in rows], total=total, offset=offset, limit=limit))
 
@@ -202,7 +202,7 @@ async def delete_user(request: web.Request) -> web.Response:
 async def list_groups(request: web.Request) -> web.Response:
     actor = actor_of(request)
     require_may_list(actor, "usergroups")
-    async with services(request).sessions() as session:
+    async with services(request).readers() as session:
         rows, total, offset, limit = await paged(
             session, request, actor, UserGroup, select(UserGroup), UserGroup.label
         )
