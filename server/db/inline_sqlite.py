@@ -165,6 +165,9 @@ class InlineConnection:
             except sqlite3.OperationalError as error:
                 if not _busy(error):
                     raise
+                # Retrying the whole call is safe: SQLITE_BUSY comes from taking a lock, which a
+                # transaction does at its first write (an executemany: at its first row, nothing done
+                # yet); once it holds the write lock no statement of it is refused with BUSY.
                 logger.debug("database locked by another connection; waiting off the event loop")
         return await asyncio.to_thread(self._patiently, fn, *args)
 
