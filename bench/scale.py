@@ -50,6 +50,7 @@ from client.api import XWClient
 from common.enums import CPU, OS, UserRights
 from common.errors import TooManyRequests, XWError
 from common.schemas import Heartbeat, HostIn, InlineResult, JobIn
+from server import gcpolicy
 
 NAME = "scale"
 LIMIT_MS = 200.0
@@ -83,6 +84,10 @@ async def start_latency(submitter: XWClient, app: str, n: int) -> dict[str, Any]
     return out
 
 
+class FleetFailed(RuntimeError):
+    """Simulated workers could not enrol or stay connected."""
+
+
 @dataclass
 class Fleet:
     """Simulated idle workers sharing a few client sessions."""
@@ -109,7 +114,7 @@ class Fleet:
         self.size = target
         await asyncio.gather(*(ev.wait() for ev in enrolled))
         if self.errors:
-            raise RuntimeError(f"{len(self.errors)} simulated workers failed, first: {self.errors[0]}")
+            raise FleetFailed(f"{len(self.errors)} simulated workers failed, first: {self.errors[0]}")
         return time.perf_counter() - t0
 
     async def worker(self, i: int, sem: asyncio.Semaphore, enrolled: asyncio.Event) -> None:
@@ -232,7 +237,12 @@ async def ramp(server: Server, where: Path, opts: Options, longpoll: bool) -> di
             if time.perf_counter() - t_start > cap:
                 out["stopped"] = f"time cap {cap:.0f} s reached"
                 break
-            enrol_s = await fleet.grow(level)
+            try:
+                enrol_s = await fleet.grow(level)
+            except FleetFailed as failed:  # e.g. past the server's max_connections or max_longpolls
+                out["stopped"] = f"{level} workers could not all be held: {failed}"
+                log(out["stopped"])
+                break
             log(f"{level} workers enrolled in {enrol_s:.0f} s")
             # let the enrolment burst pass: the new workers' first long-polls and heartbeats (the
             # latter at random phases over one period); the window then measures the held fleet
@@ -365,6 +375,9 @@ async def measure(opts: Options, where: Path) -> Record:
     if not opts.extra.longpoll_only:
         modes.append(("heartbeat only", False))
     settings = {"alive_period": 2.0 if opts.quick else 10.0, "alive_timeout": 60.0}
+    # the load generator holds every simulated worker's state: its own full collections (650-900 ms at
+    # 5,000 workers) would show as server latency; it freezes its survivors as the server does
+    frozen = asyncio.create_task(gcpolicy.keep_survivors_frozen())
     for mode, longpoll in modes:
         async with contextlib.AsyncExitStack() as stack:
             url = await stack.enter_async_context(pg_database()) if opts.extra.db == "postgresql" else ""
@@ -376,6 +389,7 @@ async def measure(opts: Options, where: Path) -> Record:
                 profiles[f"{mode}, {lv['workers']} workers"] = lv.pop("profile")
         details[mode] = res
         rows += summarise(mode, res, label)
+    frozen.cancel()
     return Record(
         benchmark=NAME,
         title="Worker scale",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import os
 import signal
@@ -13,6 +12,7 @@ from pathlib import Path
 import click
 
 from common.config import write_private
+from server import gcpolicy
 from server.app import start
 from server.home import init_home, issue_cert_files, set_conf_server
 from server.scheduler import leader
@@ -110,9 +110,10 @@ async def _serve(settings: ServerSettings, *, child: bool = False) -> None:
     """Serve in this process; a ``child`` of ``--processes N`` shares the port and leaves the database's
     migration and the home's files to its parent."""
     server = await start(settings, migrate=not child, reuse_port=child)
+    frozen = asyncio.create_task(
+        gcpolicy.keep_survivors_frozen(settings.gc_freeze_every, settings.gc_full_every), name="gc-freeze"
+    )
     try:
-        # the ~100k objects of imports and start-up never die: keep them out of every full collection
-        gc.freeze()
         url = f"https://{settings.uri_host}:{server.port}"
         if not child:
             _publish(settings, url)
@@ -130,6 +131,7 @@ async def _serve(settings: ServerSettings, *, child: bool = False) -> None:
         await stop.wait()
     finally:
         logger.info("shutting down")
+        frozen.cancel()
         await server.aclose()
 
 

@@ -72,6 +72,10 @@ class ServerSettings:
     notify_window: float = DEFAULT_NOTIFY_WINDOW
     notify_recheck: float = DEFAULT_NOTIFY_RECHECK
     leader_retry: float = DEFAULT_LEADER_RETRY
+    gc_freeze_every: float = (
+        5.0  # seconds between freezes of surviving objects (server/gcpolicy.py); 0: never
+    )
+    gc_full_every: float = 3600.0  # seconds between full garbage collections of everything
     env_keys: tuple[str, ...] = field(default=(), compare=False)
 
     @property
@@ -155,6 +159,8 @@ _ENV = {
     "XW_NOTIFY_WINDOW": "notify_window",
     "XW_NOTIFY_RECHECK": "notify_recheck",
     "XW_LEADER_RETRY": "leader_retry",
+    "XW_GC_FREEZE_EVERY": "gc_freeze_every",
+    "XW_GC_FULL_EVERY": "gc_full_every",
 }
 
 _INT_LIMITS = ("max_connections", "max_longpolls", "tls_read_buffer", "processes")
@@ -196,6 +202,8 @@ def load_settings(home: Path, **overrides: Any) -> ServerSettings:
         "notify_window",
         "notify_recheck",
         "leader_retry",
+        "gc_freeze_every",
+        "gc_full_every",
         *_TIMEOUTS,
     ):
         if key in values:

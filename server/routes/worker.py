@@ -78,11 +78,20 @@ async def request_work(request: web.Request) -> web.StreamResponse:
     budget = 0  # the pass-on budget of the wake-up that woke us, if one did
     # a place in the long-poll budget is taken only once the request actually waits (429 past it)
     with svc.longpolls.waiting_place() as place:
+        fresh = True  # this request has not looked yet (its fallback looks below always query)
         while True:
-            async with svc.sessions() as session, session.begin():
-                claimed = await claim(session, host, actor, want, svc.catalog)
+            claimed = []
+            if not (fresh and svc.wakeups.nothing_new_for(host.uid)):
+                generation = svc.wakeups.generation  # read before the query: what comes after is new
+                async with svc.sessions() as session, session.begin():
+                    claimed = await claim(session, host, actor, want, svc.catalog)
+                    if claimed:
+                        await fail_unrunnable(session, actor, claimed)
                 if claimed:
-                    await fail_unrunnable(session, actor, claimed)
+                    svc.wakeups.found_some(host.uid)
+                else:
+                    svc.wakeups.found_nothing(host.uid, generation)
+            fresh = False
             svc.liveness.seen(host.uid)
             items = [c.assignment for c in claimed if c.assignment is not None]
             if items:
@@ -100,7 +109,8 @@ async def request_work(request: web.Request) -> web.StreamResponse:
             recheck = svc.wakeups.recheck_after() * random.uniform(0.5, 1.0)
             budget = await svc.wakeups.waiters.wait(min(remaining, recheck))
             if not budget and recheck >= remaining:
-                return web.Response(status=204)  # its time is up; the worker's next request claims first
+                return web.Response(status=204)  # its time is up (the next request looks again, or parks
+                # at once if nothing became claimable since this look: see server/scheduler/wakeup.py)
 
 
 @routes.add(

@@ -122,6 +122,7 @@ class Notifier:
 
     def _wake_all(self) -> None:
         # budget 1: a request that finds nothing parks again and passes nothing on
+        self.wakeups.look_again()
         self.wakeups.waiters.wake(len(self.wakeups.waiters), 1)
 
 

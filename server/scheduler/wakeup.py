@@ -7,6 +7,12 @@ job is for another platform or owner) passes the wake on to the next one, within
 only some hosts can run still reaches one of them. A long fallback timeout covers what no wake-up
 reaches (another process's jobs when no cross-process channel is set up, a missed notification).
 
+A host whose last claim found nothing, with no job become claimable since (:attr:`Wakeups.generation`
+unchanged) and that look younger than the fallback period, skips the claim query of its next work
+request and parks at once: a fleet of idle long-polling workers, coming back every long-poll period,
+then costs no query per return. Its look is as fresh as a parked request's (which also looks again
+only when woken or after :meth:`Wakeups.recheck_after`).
+
 Across server processes, :attr:`Wakeups.remote` (set up by ``server/scheduler/notify.py`` on
 PostgreSQL) carries "n jobs are pending" to the other processes, which wake their own waiters.
 """
@@ -14,6 +20,7 @@ PostgreSQL) carries "n jobs are pending" to the other processes, which wake thei
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import Callable
 
@@ -25,6 +32,7 @@ PASS_BUDGET = 64  # how many parked requests one wake may visit before it gives 
 # reaches (another process's jobs while no cross-process channel is heard, a pass-on budget spent).
 RECHECK_SECONDS = 5.0
 RECHECK_RATE = 50.0  # fallback looks per second the parked requests may cost at most, whatever their number
+MAX_LOOKS = 200_000  # hosts whose last empty look is remembered (past it, all are forgotten: they query)
 
 
 class Waiters:
@@ -80,6 +88,9 @@ class Wakeups:
         self.waiters = Waiters()
         self.remote: Callable[[int], None] | None = None  # tell other processes (notify.py)
         self.recheck = RECHECK_SECONDS  # notify.py lengthens it while other processes are heard
+        self.generation = 0  # grows whenever jobs may have become claimable
+        self._looks: dict[str, tuple[int, float]] = {}  # host -> (generation, when) of its last empty look
+        self.skipped = 0  # claim queries skipped since start (nothing new since the host's last look)
 
     def recheck_after(self) -> float:
         """How long a parked request waits unwoken before it looks again: ``recheck``, longer with more
@@ -94,6 +105,7 @@ class Wakeups:
 
     def jobs_pending(self, n: int, *, local_only: bool = False) -> None:
         """``n`` jobs became claimable: wake that many waiters here, and tell the other processes."""
+        self.generation += 1
         self.waiters.wake(n)
         if self.remote is not None and not local_only:
             self.remote(n)
@@ -102,3 +114,25 @@ class Wakeups:
         """A woken request found nothing it may run: hand the wake to the next one (budget allowing)."""
         if budget > 1:
             self.waiters.wake(1, budget - 1)
+
+    def look_again(self) -> None:
+        """Jobs may have become claimable unannounced (notifications lost): every host queries again."""
+        self.generation += 1
+
+    def found_nothing(self, host: str, generation: int) -> None:
+        """``host``'s claim, started at ``generation``, found nothing."""
+        if len(self._looks) >= MAX_LOOKS:
+            self._looks.clear()
+        self._looks[host] = (generation, time.monotonic())
+
+    def found_some(self, host: str) -> None:
+        self._looks.pop(host, None)
+
+    def nothing_new_for(self, host: str) -> bool:
+        """True if ``host``'s last claim found nothing, no job has become claimable since, and that
+        look is no older than a parked request's may be: its next claim would find nothing either."""
+        look = self._looks.get(host)
+        if look is None or look[0] != self.generation or time.monotonic() - look[1] > self.recheck_after():
+            return False
+        self.skipped += 1
+        return True

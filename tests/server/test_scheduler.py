@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from client.api import XWClient
 from common.enums import JobStatus
@@ -215,6 +215,36 @@ async def test_a_new_job_wakes_one_waiter_not_all(bench: Bench) -> None:
     await bench.submit(4)
     results = await asyncio.wait_for(asyncio.gather(*pending), 5)
     assert all(len(r) == 1 for r in results)
+
+
+async def test_a_host_that_found_nothing_skips_its_next_query_until_a_job_comes(bench: Bench) -> None:
+    wakeups = bench.services.wakeups
+    xw, host = await bench.host("h")
+    assert await xw.request_work(host, 0) is None  # looked: nothing
+    before = wakeups.skipped
+    assert await xw.request_work(host, 0) is None
+    assert wakeups.skipped == before + 1  # nothing became claimable since: no query
+    [job] = await bench.submit()
+    got = await xw.request_work(host, 0)  # a new job: the next request looks, and claims it at once
+    assert got is not None and got.job.uid == job
+    assert wakeups.skipped == before + 1
+
+
+async def test_a_job_nobody_announced_is_found_after_the_fallback_period(bench: Bench) -> None:
+    """A job that became PENDING without a word to this process (another process's notification lost)
+    is found once the host's last look is older than the fallback period, as a parked request would."""
+    svc = bench.services
+    svc.wakeups.recheck = 0.5
+    [job] = await bench.submit()
+    await bench.user.hold(job)
+    xw, host = await bench.host("h")
+    assert await xw.request_work(host, 0) is None
+    async with svc.sessions() as session, session.begin():  # released behind the server's back
+        await session.execute(update(Job).where(Job.uid == job).values(status=JobStatus.PENDING.value))
+    assert await xw.request_work(host, 0) is None  # its look is fresh: not looked again
+    await asyncio.sleep(0.7)
+    got = await xw.request_work(host, 0)
+    assert got is not None and got.job.uid == job
 
 
 async def test_a_wake_reaches_the_host_that_can_run_the_job(bench: Bench, tmp_path: Path) -> None:
