@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from common.config import read_toml
+from server import gcpolicy
 
 DEFAULT_PORT = 4321
 DEFAULT_HOST = "127.0.0.1"
@@ -72,10 +73,10 @@ class ServerSettings:
     notify_window: float = DEFAULT_NOTIFY_WINDOW
     notify_recheck: float = DEFAULT_NOTIFY_RECHECK
     leader_retry: float = DEFAULT_LEADER_RETRY
-    gc_freeze_every: float = (
-        5.0  # seconds between freezes of surviving objects (server/gcpolicy.py); 0: never
-    )
-    gc_full_every: float = 3600.0  # seconds between full garbage collections of everything
+    # seconds between freezes of surviving objects (server/gcpolicy.py; 0: never), and between full
+    # garbage collections of everything
+    gc_freeze_every: float = gcpolicy.FREEZE_EVERY
+    gc_full_every: float = gcpolicy.FULL_EVERY
     env_keys: tuple[str, ...] = field(default=(), compare=False)
 
     @property

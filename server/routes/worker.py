@@ -30,7 +30,7 @@ from server.http import Routes, read_body, reply
 from server.query import QueryParam, header_sha256, integer_range
 from server.routes.base import host_of, path_uid
 from server.scheduler import completion
-from server.scheduler.claims import MAX_CLAIM, attempt_files, claim, fail_unrunnable
+from server.scheduler.claims import MAX_CLAIM, Claimed, attempt_files, claim, fail_unrunnable
 from server.scheduler.heartbeat import beat
 from server.state import actor_of, services
 from server.views import job_out
@@ -78,19 +78,17 @@ async def request_work(request: web.Request) -> web.StreamResponse:
     budget = 0  # the pass-on budget of the wake-up that woke us, if one did
     # a place in the long-poll budget is taken only once the request actually waits (429 past it)
     with svc.longpolls.waiting_place() as place:
+
+        async def claim_now() -> list[Claimed]:
+            async with svc.sessions() as session, session.begin():
+                claimed = await claim(session, host, actor, want, svc.catalog)
+                if claimed:
+                    await fail_unrunnable(session, actor, claimed)
+            return claimed
+
         fresh = True  # this request has not looked yet (its fallback looks below always query)
         while True:
-            claimed = []
-            if not (fresh and svc.wakeups.nothing_new_for(host.uid)):
-                generation = svc.wakeups.generation  # read before the query: what comes after is new
-                async with svc.sessions() as session, session.begin():
-                    claimed = await claim(session, host, actor, want, svc.catalog)
-                    if claimed:
-                        await fail_unrunnable(session, actor, claimed)
-                if claimed:
-                    svc.wakeups.found_some(host.uid)
-                else:
-                    svc.wakeups.found_nothing(host.uid, generation)
+            claimed = await svc.wakeups.look(host.uid, claim_now, may_skip=fresh)
             fresh = False
             svc.liveness.seen(host.uid)
             items = [c.assignment for c in claimed if c.assignment is not None]

@@ -22,7 +22,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
 
 from common.enums import JobStatus
 from server.scheduler.writer import Change
@@ -32,6 +33,7 @@ PASS_BUDGET = 64  # how many parked requests one wake may visit before it gives 
 # reaches (another process's jobs while no cross-process channel is heard, a pass-on budget spent).
 RECHECK_SECONDS = 5.0
 RECHECK_RATE = 50.0  # fallback looks per second the parked requests may cost at most, whatever their number
+T = TypeVar("T")
 MAX_LOOKS = 200_000  # hosts whose last empty look is remembered (past it, all are forgotten: they query)
 
 
@@ -114,6 +116,21 @@ class Wakeups:
         """A woken request found nothing it may run: hand the wake to the next one (budget allowing)."""
         if budget > 1:
             self.waiters.wake(1, budget - 1)
+
+    async def look(
+        self, host: str, query: Callable[[], Awaitable[Sequence[T]]], *, may_skip: bool
+    ) -> Sequence[T]:
+        """What ``query`` (a claim for ``host``) finds, remembering an empty look. With ``may_skip``,
+        nothing (and no query) while nothing new can be found since the host's last empty look."""
+        if may_skip and self.nothing_new_for(host):
+            return ()
+        generation = self.generation  # read before the query: what comes after it is new
+        found = await query()
+        if found:
+            self.found_some(host)
+        else:
+            self.found_nothing(host, generation)
+        return found
 
     def look_again(self) -> None:
         """Jobs may have become claimable unannounced (notifications lost): every host queries again."""
