@@ -14,6 +14,8 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 
 from client.config import ClientConfig
+from client.signin import CachedSignIn, not_signed_in
+from client.tokencache import TokenCache
 from client.transport import CHUNK, ApiRequest, ApiResponse, HttpTransport, Transport
 from common.errors import NotFound, Unauthorized, ValidationFailed, XWError
 from common.schemas import (
@@ -31,6 +33,13 @@ from common.schemas import (
     HeartbeatReply,
     HostIn,
     HostOut,
+    HostRequestIn,
+    HostRequestOut,
+    HostRequestState,
+    HostRequestTicket,
+    Identities,
+    IdentityIn,
+    IdentityOut,
     InlineResult,
     JobIn,
     JobOut,
@@ -38,6 +47,8 @@ from common.schemas import (
     JobsIn,
     JobsOut,
     ObjectRef,
+    OidcProviders,
+    OidcTokenRequest,
     Page,
     Ping,
     ProxyOut,
@@ -83,9 +94,14 @@ class XWClient:
     tests pass a ``client.transport.MockTransport`` to answer in memory.
     """
 
-    def __init__(self, cfg: ClientConfig, transport: Transport | None = None) -> None:
+    def __init__(
+        self, cfg: ClientConfig, transport: Transport | None = None, *, tokens: TokenCache | None = None
+    ) -> None:
         self.cfg = cfg
         self.transport: Transport = transport if transport is not None else HttpTransport(cfg)
+        # without a password or a certificate: the sign-in xwlogin cached for this server (client/signin.py)
+        self.tokens = tokens if tokens is not None else TokenCache.default()
+        self.signin = CachedSignIn(self.tokens, (*cfg.servers, cfg.server)[0], self.oidc_token)
         self._token: str | None = None
         self._login_lock = asyncio.Lock()
         self._host_credentials: dict[str, str] = {}  # host uid -> that host's own credential
@@ -104,12 +120,21 @@ class XWClient:
 
     # --- plumbing ---------------------------------------------------------------------------------
 
-    async def _auth_headers(self) -> dict[str, str]:
+    @property
+    def _uses_signin(self) -> bool:
+        """Neither a password nor a certificate is configured: the cached OIDC sign-in speaks for us."""
+        return not (self.cfg.login and self.cfg.password) and not self.cfg.cert
+
+    async def _auth_headers(self, refused: str | None = None) -> dict[str, str]:
         if self.cfg.login and self.cfg.password and not self.cfg.cert:
             async with self._login_lock:
                 if self._token is None:
                     self._token = (await self.login(self.cfg.login, self.cfg.password)).access_token
             return {"Authorization": f"Bearer {self._token}"}
+        if self._uses_signin:
+            async with self._login_lock:  # one renewal at a time (the refresh token may rotate)
+                token = await self.signin.token(refused=refused)
+            return {"Authorization": f"Bearer {token}"} if token else {}
         return {}
 
     async def login(self, login: str, password: str) -> TokenResponse:
@@ -117,6 +142,15 @@ class XWClient:
         return await self._call(
             "POST", "/auth/token", TokenResponse, json={"login": login, "password": password}, auth=False
         )
+
+    async def oidc_providers(self) -> OidcProviders:
+        """The identity providers this server trusts for sign-in (xwlogin)."""
+        return await self._call("GET", "/auth/oidc/providers", OidcProviders, auth=False)
+
+    async def oidc_token(self, provider: str, id_token: str, nonce: str | None) -> TokenResponse:
+        """Exchange a provider's ID token (single use) for an xwhep token."""
+        body = OidcTokenRequest(provider=provider, id_token=id_token, nonce=nonce).model_dump(mode="json")
+        return await self._call("POST", "/auth/oidc/token", TokenResponse, json=body, auth=False)
 
     def use_host(self, host_uid: str, credential: str) -> None:
         """Speak as host ``host_uid`` on its routes (``/hosts/<uid>/...``) from now on."""
@@ -138,18 +172,29 @@ class XWClient:
         if host is not None:
             auth = False  # a host speaks with its own credential, never with its account's
             req.headers["Authorization"] = f"Bearer {self._host_credentials[host]}"
+        refused: str | None = None  # the cached sign-in's token the server just refused
         for attempt in (1, 2):
+            sent: str | None = None
             if auth:
-                req.headers.update(await self._auth_headers())
+                headers = await self._auth_headers(refused)
+                sent = headers.get("Authorization")
+                req.headers.update(headers)
             resp = await self.transport.handle(req)
             try:
                 await resp.raise_for_problem()
             except Unauthorized as err:
                 # expired, or ended by a password/rights change: a configured password may still be good
                 expired = "log in again" in err.reason and self._token is not None
-                if attempt == 1 and expired and not isinstance(req.content, AsyncIterator):
+                again = attempt == 1 and not isinstance(req.content, AsyncIterator)
+                if again and expired:
                     self._token = None  # a long session outlived its token: log in once more
                     continue
+                if auth and self._uses_signin:
+                    if sent is None:
+                        raise not_signed_in(self.signin.server) from None
+                    if again:  # renew the cached sign-in at its provider once, and retry
+                        refused = sent.removeprefix("Bearer ")
+                        continue
                 raise
             return resp
         raise AssertionError("unreachable")
@@ -246,6 +291,17 @@ class XWClient:
 
     async def users(self, **filters: str) -> list[UserOut]:
         return await self.all("/users", UserOut, filters)
+
+    async def identities(self, user: str | None = None) -> list[IdentityOut]:
+        """Identities linked to users (administrators: anyone's; others: their own)."""
+        params = {"user": user} if user else {}
+        return (await self._call("GET", "/identities", Identities, params=params)).identities
+
+    async def link_identity(self, link: IdentityIn) -> IdentityOut:
+        return await self._call("POST", "/identities", IdentityOut, json=link.model_dump(mode="json"))
+
+    async def unlink_identity(self, uid: str) -> None:
+        await self._send("DELETE", f"/identities/{uid}")
 
     async def create_user(self, user: UserIn) -> UserOut:
         return await self._call("POST", "/users", UserOut, json=user.model_dump(mode="json"))
@@ -508,6 +564,32 @@ class XWClient:
     async def revoke_host(self, host_uid: str, reason: str = "") -> HostOut:
         """Revoke a host's credential (its owner or an administrator)."""
         return await self._call("POST", f"/hosts/{host_uid}/revoke", HostOut, json={"reason": reason})
+
+    # --- host requests (xwworker request; decided by administrators) -------------------------------
+
+    async def request_host(self, host: HostRequestIn) -> HostRequestTicket:
+        """Ask for a host credential without an account: the request's uid, secret and code."""
+        body = host.model_dump(mode="json")
+        return await self._call("POST", "/hosts/requests", HostRequestTicket, json=body, auth=False)
+
+    async def poll_host_request(self, uid: str, secret: str) -> HostRequestState:
+        """The decision on our request; once approved, the new host's uid and credential (answered once)."""
+        path = f"/hosts/requests/{uid}/poll"
+        return await self._call("POST", path, HostRequestState, json={"secret": secret}, auth=False)
+
+    async def host_requests(self, status: str = "pending") -> list[HostRequestOut]:
+        """Host requests by status (pending, approved, denied, delivered, expired, all)."""
+        return await self.all("/hosts/requests", HostRequestOut, {"status": status})
+
+    async def approve_host_request(self, uid: str, code: str, owner: str | None = None) -> HostRequestOut:
+        """Approve a request with the code its volunteer read out, for ``owner`` (login or uid)."""
+        body = {"code": code} | ({"owner": owner} if owner else {})
+        return await self._call("POST", f"/hosts/requests/{uid}/approve", HostRequestOut, json=body)
+
+    async def deny_host_request(self, uid: str, reason: str = "") -> HostRequestOut:
+        """Deny a request (or withdraw an approval whose credential was not collected yet)."""
+        path = f"/hosts/requests/{uid}/deny"
+        return await self._call("POST", path, HostRequestOut, json={"reason": reason})
 
     async def claim_work(self, host_uid: str, wait: float, max_jobs: int = 1) -> list[Assignment]:
         """Long-poll for up to ``max_jobs`` jobs (one attempt each); [] when none came within ``wait`` s."""

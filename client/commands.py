@@ -96,6 +96,8 @@ def xwping(config: Path | None, fmt: str) -> None:
     async def body(xw: XWClient) -> None:
         pong = await xw.ping()
         text = f"pong: {pong.login} ({pong.rights.value}, via {pong.auth})"
+        if pong.via:
+            text += f"\nvia oidc: {pong.via}"
         echo_record(fmt, text, pong.model_dump(mode="json"))
 
     run(config, body)

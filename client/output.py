@@ -31,6 +31,8 @@ from common.schemas import (
     DataOut,
     EventOut,
     HostOut,
+    HostRequestOut,
+    IdentityOut,
     JobOut,
     UserGroupOut,
     UserOut,
@@ -40,6 +42,8 @@ FORMATS = ("short", "csv", "xml", "json", "table")
 XML_HEADER = "<?xml version='1.0' encoding='UTF-8'?>"
 EVENT = "event"  # not a stored object kind, but listed by xwevents
 CERTIFICATE = "certificate"  # listed by xwcert --xwlist
+HOST_REQUEST = "hostrequest"  # listed by xwhostrequests
+IDENTITY = "identity"  # listed by xwidentity list
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,16 @@ KINDS: dict[str, Kind] = {
         EventOut,
         ("id", "object", "action", "to_status", "reason"),
         ("id", "at", "actor", "kind", "object", "action", "from_status", "to_status", "reason"),
+    ),
+    IDENTITY: Kind(
+        IdentityOut,
+        ("uid", "login", "issuer", "subject"),
+        ("uid", "login", "issuer", "subject", "email", "last_login"),
+    ),
+    HOST_REQUEST: Kind(
+        HostRequestOut,
+        ("uid", "name", "address", "status", "owner"),
+        ("uid", "name", "os", "cpu", "cores", "address", "status", "created", "expires", "owner", "reason"),
     ),
 }
 

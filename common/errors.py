@@ -139,6 +139,14 @@ class TooManyRequests(XWError):
         return int(self.extra.get("retry_after", 1))
 
 
+class Unavailable(XWError):
+    """Something the server depends on (e.g. an identity provider) cannot answer now; retry later."""
+
+    code = "unavailable"
+    status = 503
+    title = "Service unavailable"
+
+
 class TransportError(XWError):
     """The server could not be reached, or the TLS handshake failed (client side only)."""
 
@@ -161,6 +169,7 @@ _BY_CODE: dict[str, type[XWError]] = {
         RequestTimeout,
         PayloadTooLarge,
         TooManyRequests,
+        Unavailable,
         TransportError,
     )
 }
@@ -172,7 +181,8 @@ def from_problem(doc: dict[str, Any], status: int) -> XWError:
     code = typ[len(PROBLEM_BASE) :] if typ.startswith(PROBLEM_BASE) else ""
     cls = _BY_CODE.get(code)
     if cls is None:
-        cls = next((c for c in _BY_CODE.values() if c.status == status), XWError)
+        # a bare 5xx (a proxy's page, a crash) is not one of our problems: a plain error saying what came
+        cls = next((c for c in _BY_CODE.values() if c.status == status and status < 500), XWError)
     reason = str(doc.get("detail") or doc.get("title") or f"HTTP {status}")
     extra = {k: v for k, v in doc.items() if k not in ("type", "title", "status", "detail")}
     return cls(reason, **extra)

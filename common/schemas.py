@@ -156,6 +156,56 @@ class Ping(Model):
     login: str
     rights: UserRights
     auth: str
+    via: str | None = None  # the identity provider's issuer, for a login through OpenID Connect
+
+
+# --- OpenID Connect -------------------------------------------------------------------------------
+
+MAX_ID_TOKEN = 16384
+
+
+class OidcProviderOut(Model):
+    """A trusted identity provider, as a client needs it to sign in (no secret)."""
+
+    name: str
+    issuer: str
+    client_id: str
+    scopes: list[str]
+
+
+class OidcProviders(Model):
+    providers: list[OidcProviderOut]
+
+
+class OidcTokenRequest(Model):
+    """Exchange an ID token from a trusted provider for an xwhep token."""
+
+    provider: Annotated[str, Field(min_length=1, max_length=1024)]  # its name, or its issuer URL
+    id_token: Annotated[str, Field(min_length=1, max_length=MAX_ID_TOKEN)]
+    nonce: Annotated[str | None, Field(max_length=512)] = None  # the one the login sent, if any
+
+
+class IdentityIn(Model):
+    """Link an identity (issuer, subject) to a user: only administrators."""
+
+    user: Annotated[str, Field(min_length=1, max_length=MAX_NAME)]  # login or uid
+    issuer: Annotated[str, Field(min_length=1, max_length=1024)]
+    subject: Annotated[str, Field(min_length=1, max_length=255)]
+
+
+class IdentityOut(Model):
+    uid: str
+    user: str  # the user's uid
+    login: str
+    issuer: str
+    subject: str
+    email: str | None = None
+    created: datetime
+    last_login: datetime | None = None
+
+
+class Identities(Model):
+    identities: list[IdentityOut]
 
 
 # --- users and groups -----------------------------------------------------------------------------
@@ -548,3 +598,79 @@ class TunnelTicket(Model):
     name: str | None = None
     id: str | None = None
     refused: list[str] = Field(default_factory=list)
+
+
+# --- host requests (xwworker request: a credential without an account) -------------------------
+
+RequestStatus = Literal["pending", "approved", "denied", "delivered", "expired"]
+
+
+class HostRequestIn(Model):
+    """What a machine without an account tells about itself when it asks for a host credential."""
+
+    name: Name
+    os: OS
+    cpu: CPU
+    cores: Annotated[int, Field(ge=1, le=4096)] = 1
+    memory: Bytes = 0
+    disk: Bytes = 0
+    version: Annotated[str, Field(max_length=32)] = ""
+    sandbox: Annotated[str, Field(max_length=64)] = ""
+
+
+class HostRequestTicket(Model):
+    """A request sent: its uid, the secret only the requester holds (it polls with it), the code its
+    volunteer reads to the administrator, and when it lapses unless decided."""
+
+    uid: str
+    secret: str
+    code: str
+    expires: datetime
+
+
+class HostRequestPoll(Model):
+    secret: Annotated[str, Field(min_length=16, max_length=128)]
+
+
+class HostRequestState(Model):
+    """The requester's view: still pending, denied (with the reason), expired, or approved: then, once,
+    the new host's uid and its own credential."""
+
+    status: Literal["pending", "approved", "denied", "expired"]
+    expires: datetime
+    reason: str | None = None
+    host: str | None = None
+    owner: str | None = None  # the host owner's login
+    credential: str | None = None
+
+
+class HostRequestApprove(Model):
+    code: Annotated[str, Field(min_length=1, max_length=32)]  # as the volunteer read it: K7QF-2M9D
+    owner: Name | None = None  # login or uid (default: the shared worker account, else the approver)
+
+
+class HostRequestDeny(Model):
+    reason: Annotated[str, Field(max_length=512)] = ""
+
+
+class HostRequestOut(Model):
+    """A request as administrators list it (never its code: that comes from the volunteer)."""
+
+    uid: str
+    name: str
+    os: OS
+    cpu: CPU
+    cores: int
+    memory: int
+    disk: int
+    version: str
+    sandbox: str
+    address: str
+    status: RequestStatus
+    created: datetime
+    expires: datetime
+    owner: str | None = None  # login of the owner an approval chose
+    decided: datetime | None = None
+    decided_by: str | None = None  # login
+    reason: str | None = None
+    host: str | None = None  # uid of the host made when the requester collected its credential

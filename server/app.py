@@ -16,9 +16,23 @@ from server.db.engine import make_engine, make_reader, make_sessionmaker
 from server.http import Routes, problem_middleware
 from server.listener import ConnectionLimits, GatedSite
 from server.longpoll import LongPollBudget
+from server.oidc.trust import TrustedProviders
 from server.openapi import openapi_routes
 from server.pki import CA
-from server.routes import apps, auth, certificates, data, hosts, jobs, objects, tunnels, users, worker
+from server.routes import (
+    apps,
+    auth,
+    certificates,
+    data,
+    hostrequests,
+    hosts,
+    jobs,
+    objects,
+    oidc,
+    tunnels,
+    users,
+    worker,
+)
 from server.scheduler import leader, notify
 from server.scheduler.reaper import reaper_loop
 from server.scheduler.wakeup import Wakeups
@@ -35,6 +49,7 @@ CLIENT_KEEPALIVE = 15.0  # aiohttp's client drops idle pooled connections after 
 
 ROUTE_TABLES: list[Routes] = [
     auth.routes,
+    oidc.routes,
     users.routes,
     apps.routes,
     data.routes,
@@ -44,6 +59,7 @@ ROUTE_TABLES: list[Routes] = [
     tunnels.routes,
     certificates.routes,
     objects.routes,
+    hostrequests.routes,
 ]
 
 
@@ -73,10 +89,12 @@ def create_app(settings: ServerSettings, *, migrate: bool = True) -> web.Applica
             store=DataStore(settings.store_dir),
             wakeups=wakeups,
             longpolls=LongPollBudget(settings.max_longpolls),
+            oidc=TrustedProviders(settings.oidc),
         )
         try:
             yield
         finally:
+            await app[SERVICES].oidc.aclose()
             await engine.dispose()
             if reader is not engine:
                 await reader.dispose()

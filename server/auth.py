@@ -8,7 +8,8 @@
   refuses any other at the handshake). Ours are checked against the certificate registry by serial
   (server/certificates.py: revocation), extra CAs' map to users by subject.
 
-OpenID Connect will add a path here: an ``authenticate`` step that turns an ID token into an Actor.
+* OpenID Connect (server/oidc): an ID token from a trusted provider is exchanged once, at
+  POST /api/v1/auth/oidc/token, for the same kind of user token, which also names the provider (``idp``).
 """
 
 from __future__ import annotations
@@ -58,7 +59,9 @@ def peer_certificate(request: web.Request) -> x509.Certificate | None:
     return x509.load_der_x509_certificate(der)
 
 
-def actor_from_user(user: User | UserSnap, how: str, host_uid: str | None = None) -> Actor:
+def actor_from_user(
+    user: User | UserSnap, how: str, host_uid: str | None = None, idp: str | None = None
+) -> Actor:
     if isinstance(user, User):
         user = user_snap(user)
     return Actor(
@@ -68,6 +71,7 @@ def actor_from_user(user: User | UserSnap, how: str, host_uid: str | None = None
         group_uid=user.group_uid,
         auth=how,
         host_uid=host_uid,
+        idp=idp,
     )
 
 
@@ -107,6 +111,9 @@ async def _token_actor(svc: Services, token: str) -> Actor:
         raise Unauthorized("token's user no longer exists")
     if claims.get("tv") != user.token_version:
         raise Unauthorized("token revoked (password, rights or certificates changed): log in again")
+    idp = claims.get("idp")
+    if isinstance(idp, str):  # a token from an OpenID Connect sign-in (server/oidc)
+        return actor_from_user(user, "oidc", idp=idp)
     return actor_from_user(user, "token")
 
 

@@ -35,8 +35,9 @@ class Actor:
     login: str
     rights: UserRights
     group_uid: str | None
-    auth: str = "token"  # "token" | "certificate" | "host"
+    auth: str = "token"  # "token" | "oidc" | "certificate" | "host"
     host_uid: str | None = None  # set when the requester is a worker host speaking with its own credential
+    idp: str | None = None  # the identity provider's issuer, for a token from an OpenID Connect sign-in
 
     @property
     def is_admin(self) -> bool:

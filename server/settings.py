@@ -9,6 +9,7 @@ from typing import Any
 
 from common.config import read_toml
 from server import gcpolicy
+from server.oidc.config import ProviderConfig, parse_providers
 
 DEFAULT_PORT = 4321
 DEFAULT_HOST = "127.0.0.1"
@@ -77,6 +78,7 @@ class ServerSettings:
     # garbage collections of everything
     gc_freeze_every: float = gcpolicy.FREEZE_EVERY
     gc_full_every: float = gcpolicy.FULL_EVERY
+    oidc: tuple[ProviderConfig, ...] = ()  # trusted identity providers ([oidc.<name>] tables)
     env_keys: tuple[str, ...] = field(default=(), compare=False)
 
     @property
@@ -180,8 +182,10 @@ def load_settings(home: Path, **overrides: Any) -> ServerSettings:
     types = {f.name: f.type for f in fields(ServerSettings)}
     values: dict[str, Any] = {}
     for key, value in read_toml(path).items():
-        if key in types and key not in ("home", "env_keys"):
+        if key in types and key not in ("home", "env_keys", "oidc"):
             values[key] = value
+        elif key == "oidc":
+            values["oidc"] = parse_providers(value)
     for env, key in _ENV.items():
         if env in os.environ:
             values[key] = os.environ[env]

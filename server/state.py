@@ -12,6 +12,7 @@ from server.authcache import AuthCache
 from server.authz import Actor
 from server.certificates import CrlCache
 from server.longpoll import LongPollBudget
+from server.oidc.trust import TrustedProviders
 from server.pki import CA
 from server.scheduler.catalog import Catalog
 from server.scheduler.heartbeat import Liveness, alive_period
@@ -42,6 +43,7 @@ class Services:
     passwords: PasswordGate = field(default_factory=lambda: PasswordGate(password_slots(), 64))
     crl: CrlCache = field(default_factory=CrlCache)
     longpolls: LongPollBudget = field(default_factory=lambda: LongPollBudget(DEFAULT_MAX_LONGPOLLS))
+    oidc: TrustedProviders = field(default_factory=lambda: TrustedProviders(()))
 
     def alive_period(self) -> float:
         """The heartbeat period to ask of workers: stretched as the fleet this process hears grows."""

@@ -10,7 +10,7 @@ import asyncio
 import os
 import shutil
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -171,3 +171,31 @@ async def grid_factory(tmp_path: Path, template_home: Path, database_url: str) -
     finally:
         for g in made:
             await stop_grid(g)
+
+
+@pytest.fixture
+def oidc_provider() -> Any:
+    """A real OpenID provider (tests/oidc/provider.py) on 127.0.0.1 with user alice/alice-password."""
+    from tests.oidc.provider import TestProvider  # lazy: Flask is only imported by the tests that use it
+
+    provider = TestProvider()
+    provider.add_user("alice", "alice-password", name="Alice Liddell", groups=["physics"])
+    with provider:
+        yield provider
+
+
+@pytest.fixture
+def iam(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """pytest-iam's server, without leaking the AUTHLIB_INSECURE_TRANSPORT=1 that its
+    ``iam_configuration`` fixture puts in os.environ into the rest of the session."""
+    before = os.environ.get("AUTHLIB_INSECURE_TRANSPORT")
+    try:
+        server = request.getfixturevalue("iam_server")
+    except pytest.FixtureLookupError:
+        pytest.skip("the pytest-iam plugin is disabled (-p no:iam)")
+    try:
+        yield server
+    finally:
+        server.logout()
+        if before is None:
+            os.environ.pop("AUTHLIB_INSECURE_TRANSPORT", None)

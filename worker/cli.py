@@ -1,6 +1,7 @@
 """``xwworker``: run a volunteer worker (or a private one, with a standard user's credentials).
 
-``xwworker install|uninstall|status`` manage it as a systemd service (worker/service_cli.py).
+``xwworker install|uninstall|status`` manage it as a systemd service (worker/service_cli.py);
+``xwworker request`` asks for a host credential without an account (worker/request_cli.py).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from common.errors import XWError
 from worker import settings as ws
 from worker.busy import BusyPolicy
 from worker.daemon import Worker, WorkerOptions
+from worker.request_cli import request
 from worker.sandbox import detect
 from worker.service_cli import install, status, uninstall
 
@@ -246,5 +248,5 @@ async def _serve(cfg: object, opts: WorkerOptions) -> tuple[str, bool]:
         return reason, worker.credential_refused
 
 
-for _command in (install, uninstall, status):
+for _command in (install, uninstall, status, request):
     main.add_command(_command)

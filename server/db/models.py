@@ -271,6 +271,37 @@ class Event(Base):
     reason: Mapped[str | None] = mapped_column(String(1024))
 
 
+class Identity(Base):
+    """A person at a trusted OpenID provider, (issuer, subject), linked to one user.
+
+    People are known by their issuer's ``sub`` only: an email address can be reassigned or unverified,
+    so it is kept for display and never matched.
+    """
+
+    __tablename__ = "identities"
+    __table_args__ = (Index("ix_identities_issuer_subject", "issuer", "subject", unique=True),)
+
+    uid: Mapped[str] = mapped_column(UID, primary_key=True)
+    user_uid: Mapped[str] = mapped_column(ForeignKey("users.uid", ondelete="CASCADE"), index=True)
+    issuer: Mapped[str] = mapped_column(String(1024))
+    subject: Mapped[str] = mapped_column(String(255))
+    email: Mapped[str | None] = mapped_column(String(254))
+    created: Mapped[datetime] = mapped_column(default=utcnow)
+    last_login: Mapped[datetime | None] = mapped_column()
+
+
+class SpentIdToken(Base):
+    """An ID token already exchanged for an xwhep token, kept until it expires: a replay is refused.
+
+    In the database (not in memory) so that every server process sharing it refuses the replay.
+    """
+
+    __tablename__ = "spent_id_tokens"
+
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 of the token, hex
+    expires: Mapped[datetime] = mapped_column(index=True)
+
+
 OWNED_MODELS: dict[str, type[OwnedMixin]] = {
     "user": User,
     "usergroup": UserGroup,
@@ -285,3 +316,33 @@ OWNED_MODELS: dict[str, type[OwnedMixin]] = {
 def table_of(model: type[Base]) -> Table:
     """A model's Table, for Core statements (executemany UPDATEs keyed on other columns than the key)."""
     return cast(Table, model.__table__)
+
+
+class HostRequest(OwnedMixin, Base):
+    """A machine asking for a host credential without an account (``xwworker request``).
+
+    An administrator approves (choosing the host's owner, recorded as this row's owner) or denies it;
+    the requester then collects the decision by polling with its secret. Only hashes of the secret and of
+    the code are kept, and no credential is: the host and its credential are made at that poll, once.
+    """
+
+    __tablename__ = "host_requests"
+    __table_args__ = (Index("ix_host_requests_status_address", "status", "address"),)
+
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    code_hash: Mapped[str] = mapped_column(String(64))
+    address: Mapped[str] = mapped_column(String(64))  # the requester's; pending ones are capped per address
+    status: Mapped[str] = mapped_column(String(16))  # server.hostrequests.Status
+    expires: Mapped[datetime] = mapped_column()
+    name: Mapped[str] = mapped_column(String(255))
+    os: Mapped[str] = mapped_column(String(16))
+    cpu: Mapped[str] = mapped_column(String(16))
+    cores: Mapped[int] = mapped_column(Integer, default=1)
+    memory: Mapped[int] = mapped_column(BigInteger, default=0)
+    disk: Mapped[int] = mapped_column(BigInteger, default=0)
+    version: Mapped[str] = mapped_column(String(32), default="")
+    sandbox: Mapped[str] = mapped_column(String(64), default="")
+    decided: Mapped[datetime | None] = mapped_column()
+    decided_by: Mapped[str | None] = mapped_column(UID)
+    reason: Mapped[str | None] = mapped_column(String(512))
+    host_uid: Mapped[str | None] = mapped_column(UID)  # the host made when the credential was collected

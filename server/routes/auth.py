@@ -61,7 +61,7 @@ async def token(request: web.Request) -> web.Response:
 @host_allowed
 async def ping(request: web.Request) -> web.Response:
     actor = actor_of(request)
-    return reply(Ping(login=actor.login, rights=actor.rights, auth=actor.auth))
+    return reply(Ping(login=actor.login, rights=actor.rights, auth=actor.auth, via=actor.idp))
 
 
 @routes.add(

@@ -26,6 +26,12 @@ CLEAN_ENV: dict[str, str | None] = {
 Invoke = Callable[..., Awaitable[Result]]
 
 
+@pytest.fixture(autouse=True)
+def _own_token_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Clients without a password or certificate read a token cache of the test's own, never the user's."""
+    monkeypatch.setenv("XW_TOKEN_CACHE", str(tmp_path_factory.mktemp("tokens") / "tokens.json"))
+
+
 @pytest.fixture
 def xw() -> Invoke:
     """Run a command in a thread (it runs its own event loop; the server keeps serving in the test's)."""
