@@ -14,7 +14,7 @@ from typing import Any
 
 from bench.harness import DOC, RESULTS, ROOT, load_results, machine_line
 
-ORDER = ["dispatch", "latency", "scale", "submit", "relay", "data", "connections", "processes"]
+ORDER = ["dispatch", "latency", "scale", "submit", "relay", "data", "connections", "processes", "metrics"]
 ANALYSIS = ROOT / "bench" / "analysis.md"
 OTHERS = "other processes' cores"
 
@@ -374,7 +374,36 @@ def _processes(d: dict[str, Any]) -> list[str]:
     return out
 
 
+def _metrics(d: dict[str, Any]) -> list[str]:
+    out = md_head(
+        "round",
+        "order",
+        "scraped jobs/s",
+        "not scraped jobs/s",
+        "ratio",
+        "scrapes",
+        "ms CPU/job: scraped / not",
+        OTHERS,
+    )
+    for i, e in enumerate(d.get("rounds", []), 1):
+        s, p = e["scraped"], e["plain"]
+        out.append(
+            md_row(
+                i,
+                "scraped first" if i % 2 else "not scraped first",
+                num(s["jobs_per_s"]),
+                num(p["jobs_per_s"]),
+                num(s["jobs_per_s"] / p["jobs_per_s"], 4),
+                s.get("scrapes", "—"),
+                f"{num(s['server_cpu_ms_per_job'])} / {num(p['server_cpu_ms_per_job'])}",
+                f"{num(s.get('others_cpu_busy'))} / {num(p.get('others_cpu_busy'))}",
+            )
+        )
+    return out
+
+
 DETAILS = {
+    "metrics": _metrics,
     "dispatch": _dispatch,
     "latency": _latency,
     "scale": _scale,
@@ -435,9 +464,9 @@ def render(results: dict[str, Any], *, quick: bool) -> str:
         "this file; `make bench-quick` runs every benchmark with tiny sizes in about two minutes (part",
         "of CI: it fails if a benchmark crashes) and writes its report to a temporary directory. One",
         "benchmark: `.venv/bin/python -m bench.NAME [--quick] [--no-profile] [--keep]` with NAME one of",
-        "dispatch, latency, scale, submit, relay, data, connections, processes. Profiles need py-spy in the",
-        "virtualenv (`.venv/bin/pip install py-spy`); the OpenSSH baseline needs `openssh-server`. Both are",
-        "skipped, with the reason in the report, when missing.",
+        "dispatch, latency, scale, submit, relay, data, connections, processes, metrics. Profiles need",
+        "py-spy in the virtualenv (`.venv/bin/pip install py-spy`); the OpenSSH baseline needs",
+        "`openssh-server`. Both are skipped, with the reason in the report, when missing.",
         "",
         "## Goals",
         "",

@@ -46,6 +46,7 @@ BENCHMARKS = {
     "data": (600, 180),
     "connections": (900, 180),
     "processes": (1200, 300),
+    "metrics": (1200, 300),
 }
 
 

@@ -165,3 +165,21 @@ def safe_extract(zip_path: Path, dest: Path, *, max_bytes: int, max_members: int
     except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as exc:
         raise ValueError(f"{zip_path.name} is not a valid zip: {' '.join(str(exc).split())}") from None
     return written
+
+
+def read_head(zf: zipfile.ZipFile, name: str, limit: int) -> bytes | None:
+    """The first ``limit`` bytes of top-level member ``name`` of an untrusted zip, or None if it has no
+    such plain file or the member is unsafe or corrupt (only ``limit`` bytes are ever decompressed)."""
+    for info in zf.infolist():
+        try:
+            parts = _check_member(info)
+        except ValueError:
+            continue
+        if parts != (name,) or info.is_dir():
+            continue
+        try:
+            with zf.open(info) as src:
+                return src.read(limit)
+        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError, ValueError):
+            return None
+    return None

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
 
@@ -130,6 +131,7 @@ class RelayPolicy(asyncssh.SSHServer):
     def _refuse(self, reason: str) -> bool:
         """Log and tell the client why (SSH has no reason field for a failed password, a banner does)."""
         self.log.warning("authentication refused: %s", reason)
+        self._relay.counts.auth_refusals += 1
         if self._conn is not None:
             self._conn.send_auth_banner(reason + "\n")
         return False
@@ -271,6 +273,17 @@ def _has_port(name: str, port: int) -> bool:
         return False
 
 
+@dataclass
+class RelayCounts:
+    """What the relay counts for its metrics (proxy/metrics.py reads them at scrape time)."""
+
+    traffic: Traffic = field(default_factory=Traffic)  # bytes through every tunnel (in: to publishers)
+    connections: int = 0  # SSH connections accepted since start
+    auth_refusals: int = 0  # tickets refused at authentication
+    tunnels: int = 0  # tunnels (connector <-> publisher splices) opened since start
+    tunnels_open: int = 0
+
+
 class Relay:
     """The relay server: owns the listening socket, the registry name -> publisher, and per-name counters."""
 
@@ -293,6 +306,7 @@ class Relay:
         self._traffic: dict[str, Traffic] = {}
         self._policies: set[RelayPolicy] = set()
         self._acceptor: asyncssh.SSHAcceptor | None = None
+        self.counts = RelayCounts()
         self.port = 0
 
     @property
@@ -362,6 +376,11 @@ class Relay:
 
     def attach(self, policy: RelayPolicy) -> None:
         self._policies.add(policy)
+        self.counts.connections += 1
+
+    def connections(self) -> int:
+        """SSH connections open now."""
+        return len(self._policies)
 
     def detach(self, policy: RelayPolicy) -> None:
         self._policies.discard(policy)
@@ -414,8 +433,14 @@ class Relay:
                 asyncssh.OPEN_CONNECT_FAILED, f"{name}: publisher unreachable"
             ) from None
         traffic = self._traffic.setdefault(name, Traffic())
+        counts = self.counts
 
         async def run(reader: asyncssh.SSHReader[bytes], writer: asyncssh.SSHWriter[bytes]) -> None:
-            await splice((reader, writer), far, traffic)
+            counts.tunnels += 1
+            counts.tunnels_open += 1
+            try:
+                await splice((reader, writer), far, traffic, counts.traffic)
+            finally:
+                counts.tunnels_open -= 1
 
         return SSHTCPStreamSession[bytes](run)

@@ -53,16 +53,25 @@ class Traffic:
         return self.bytes_in, self.bytes_out
 
 
-async def splice(left: Pipe, right: Pipe, traffic: Traffic | None = None) -> None:
-    """Copy left->right (bytes_in) and right->left (bytes_out); EOF is passed on, an error closes both."""
+async def splice(
+    left: Pipe, right: Pipe, traffic: Traffic | None = None, total: Traffic | None = None
+) -> None:
+    """Copy left->right (bytes_in) and right->left (bytes_out); EOF is passed on, an error closes both.
+
+    Bytes are counted into ``traffic`` (the name's) and also into ``total`` (e.g. the relay's, for its
+    metrics) when given.
+    """
     counts = traffic if traffic is not None else Traffic()
+    both = total if total is not None else Traffic()
     (left_reader, left_writer), (right_reader, right_writer) = left, right
 
     def count_in(n: int) -> None:
         counts.bytes_in += n
+        both.bytes_in += n
 
     def count_out(n: int) -> None:
         counts.bytes_out += n
+        both.bytes_out += n
 
     try:
         async with asyncio.TaskGroup() as group:

@@ -16,6 +16,8 @@ from server.db.engine import make_engine, make_reader, make_sessionmaker
 from server.http import Routes, problem_middleware
 from server.listener import ConnectionLimits, GatedSite
 from server.longpoll import LongPollBudget
+from server.metrics import endpoint as metrics_endpoint
+from server.metrics.instruments import ServerMetrics
 from server.oidc.trust import TrustedProviders
 from server.openapi import openapi_routes
 from server.pki import CA
@@ -41,6 +43,7 @@ from server.settings import ServerSettings
 from server.state import SERVICES, Services
 from server.store import DataStore
 from server.tokens import TokenSigner
+from server.ui import install as install_dashboard
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +69,8 @@ ROUTE_TABLES: list[Routes] = [
 def create_app(settings: ServerSettings, *, migrate: bool = True) -> web.Application:
     """A server application for ``settings``; resources open and close with the app's lifecycle."""
     app = web.Application(
-        middlewares=[problem_middleware, auth_middleware], client_max_size=settings.max_json_bytes
+        middlewares=[metrics_endpoint.count_requests, problem_middleware, auth_middleware],
+        client_max_size=settings.max_json_bytes,
     )
 
     async def services_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -79,6 +83,8 @@ def create_app(settings: ServerSettings, *, migrate: bool = True) -> web.Applica
         wakeups = Wakeups()
         info: dict[str, object] = {}
         observe(info, wakeups.observe)  # jobs that became PENDING wake as many waiting workers
+        metrics = ServerMetrics()
+        metrics_endpoint.watch(info, metrics)  # outcomes, queue waits, run times, submissions
         app[SERVICES] = Services(
             settings=settings,
             engine=engine,
@@ -90,6 +96,7 @@ def create_app(settings: ServerSettings, *, migrate: bool = True) -> web.Applica
             wakeups=wakeups,
             longpolls=LongPollBudget(settings.max_longpolls),
             oidc=TrustedProviders(settings.oidc),
+            metrics=metrics,
         )
         try:
             yield
@@ -137,8 +144,10 @@ def create_app(settings: ServerSettings, *, migrate: bool = True) -> web.Applica
     app.cleanup_ctx.append(authcache_ctx)
     app.cleanup_ctx.append(notify_ctx)
     app.cleanup_ctx.append(reaper_ctx)
+    metrics_endpoint.install(app)  # GET /metrics (Prometheus), outside the API and its document
     for table in [*ROUTE_TABLES, openapi_routes(ROUTE_TABLES)]:
         table.install(app)
+    install_dashboard(app)  # /ui/: its own sessions, outside the API and its document
     return app
 
 

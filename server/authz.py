@@ -24,7 +24,7 @@ from sqlalchemy import ColumnElement, and_, false, or_, true
 from common.enums import UserRights
 from common.errors import Forbidden, NotFound
 from common.rights import STICKY, Perm
-from server.db.models import OwnedMixin
+from server.db.models import Event, OwnedMixin
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class Actor:
     login: str
     rights: UserRights
     group_uid: str | None
-    auth: str = "token"  # "token" | "oidc" | "certificate" | "host"
+    auth: str = "token"  # "token" | "oidc" | "certificate" | "host" | "session" (the dashboard)
     host_uid: str | None = None  # set when the requester is a worker host speaking with its own credential
     idp: str | None = None  # the identity provider's issuer, for a token from an OpenID Connect sign-in
 
@@ -93,6 +93,13 @@ def visible(actor: Actor, model: type[OwnedMixin], perm: Perm = Perm.READ) -> Co
     if actor.rights is UserRights.WORKER_USER:
         conds.append(mode.op("&")(STICKY) != 0)
     return or_(*conds)
+
+
+def visible_events(actor: Actor) -> ColumnElement[bool]:
+    """The events ``actor`` may read: all for super users, else those on its objects or by itself."""
+    if actor.rights is UserRights.SUPER_USER:
+        return true()
+    return or_(Event.object_owner_uid == actor.uid, Event.actor_uid == actor.uid)
 
 
 def require(actor: Actor, obj: OwnedMixin, perm: Perm, what: str) -> None:

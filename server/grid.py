@@ -105,6 +105,7 @@ async def up(home: Path, workers: int, worker_args: list[str], demo: bool) -> in
             f"more workers with: xwworker --xwconfig {home / 'worker.conf'}",
             err=False,
         )
+        click.echo(f"dashboard: {url}/ui/ (sign in as admin, password in {settings.admin_conf})")
         sys.stdout.flush()
         if demo:
             sweep = await asyncio.create_subprocess_exec(

@@ -113,10 +113,18 @@ def _query_specs(
     return tuple(specs)
 
 
+# Set on a sub-application that checks its own credentials (the dashboard's sessions, server/ui): the
+# API's bearer-token middleware leaves its routes alone, static files included.
+OWN_AUTH = web.AppKey("own_auth", bool)
+
+
 def is_public(request: web.Request) -> bool:
-    """Whether the matched route needs no credentials."""
+    """Whether the matched route needs no API credentials (public, or in an app with its own)."""
     handler = request.match_info.route.handler
-    return bool(getattr(handler, "xw_public", False))
+    if getattr(handler, "xw_public", False):
+        return True
+    apps = request.match_info.apps
+    return bool(apps) and apps[-1].get(OWN_AUTH, False)
 
 
 def check_query(request: web.Request) -> None:

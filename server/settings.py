@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from common.config import read_toml
+from common.netallow import LOOPBACK, parse_allow, split_allow
 from server import gcpolicy
 from server.oidc.config import ProviderConfig, parse_providers
 
@@ -79,6 +80,8 @@ class ServerSettings:
     gc_freeze_every: float = gcpolicy.FREEZE_EVERY
     gc_full_every: float = gcpolicy.FULL_EVERY
     oidc: tuple[ProviderConfig, ...] = ()  # trusted identity providers ([oidc.<name>] tables)
+    # addresses and networks (CIDR) that may read /metrics without logging in (server/metrics/)
+    metrics_allow: tuple[str, ...] = LOOPBACK
     env_keys: tuple[str, ...] = field(default=(), compare=False)
 
     @property
@@ -164,6 +167,7 @@ _ENV = {
     "XW_LEADER_RETRY": "leader_retry",
     "XW_GC_FREEZE_EVERY": "gc_freeze_every",
     "XW_GC_FULL_EVERY": "gc_full_every",
+    "XW_METRICS_ALLOW": "metrics_allow",
 }
 
 _INT_LIMITS = ("max_connections", "max_longpolls", "tls_read_buffer", "processes")
@@ -215,6 +219,9 @@ def load_settings(home: Path, **overrides: Any) -> ServerSettings:
             values[key] = float(values[key])
     if values.get("processes", 1) < 1:
         raise ValueError(f"processes must be at least 1, not {values['processes']}")
+    if "metrics_allow" in values:  # a TOML list, or comma-separated in XW_METRICS_ALLOW
+        values["metrics_allow"] = split_allow(values["metrics_allow"])
+        parse_allow(values["metrics_allow"])  # a bad entry stops the start, naming it
     if "listener" in values and values["listener"] not in LISTENERS:
         raise ValueError(f"listener must be one of {', '.join(LISTENERS)}, not {values['listener']!r}")
     return replace(settings, **values)

@@ -12,6 +12,7 @@ from server.authcache import AuthCache
 from server.authz import Actor
 from server.certificates import CrlCache
 from server.longpoll import LongPollBudget
+from server.metrics.instruments import ServerMetrics
 from server.oidc.trust import TrustedProviders
 from server.pki import CA
 from server.scheduler.catalog import Catalog
@@ -44,6 +45,7 @@ class Services:
     crl: CrlCache = field(default_factory=CrlCache)
     longpolls: LongPollBudget = field(default_factory=lambda: LongPollBudget(DEFAULT_MAX_LONGPOLLS))
     oidc: TrustedProviders = field(default_factory=lambda: TrustedProviders(()))
+    metrics: ServerMetrics = field(default_factory=ServerMetrics)
 
     def alive_period(self) -> float:
         """The heartbeat period to ask of workers: stretched as the fleet this process hears grows."""

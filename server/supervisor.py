@@ -19,6 +19,10 @@ serves no request itself.
   0.5 s once a child has run 30 s), with one log line each time. The connections it held are reset;
   clients reconnect (to the port: another child answers) and workers retry. SIGINT/SIGTERM stop every
   child (SIGTERM, then SIGKILL after a grace longer than the server's own shutdown wait).
+* **Metrics.** Every child gets the same fresh ``PROMETHEUS_MULTIPROC_DIR`` (made at start, deleted at
+  stop): prometheus-client keeps each process's counters there and a scrape of any child sums them all
+  (server/metrics/endpoint.py). A child that exits has its live gauges dropped (``mark_process_dead``);
+  its counters stay, so the totals never go back when it restarts.
 """
 
 from __future__ import annotations
@@ -27,10 +31,14 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 from dataclasses import dataclass, field
+
+from prometheus_client.multiprocess import mark_process_dead
 
 from server.settings import ServerSettings
 
@@ -101,6 +109,7 @@ class Supervisor:
         self.restarts = 0
         self._reserved: socket.socket | None = None
         self._watchers: list[asyncio.Task[None]] = []
+        self.metrics_dir: str | None = None  # the children's PROMETHEUS_MULTIPROC_DIR, fresh per run
 
     @property
     def url(self) -> str:
@@ -115,6 +124,7 @@ class Supervisor:
                 f"cannot listen on {self.settings.host}:{self.settings.port}: {exc.strerror or exc}"
             ) from None
         self.port = int(self._reserved.getsockname()[1])
+        self.metrics_dir = tempfile.mkdtemp(prefix="xwserver-metrics-")  # values of an earlier run: never
         results = await asyncio.gather(
             *(self._launch(i) for i in range(self.processes)), return_exceptions=True
         )
@@ -146,6 +156,9 @@ class Supervisor:
         if self._reserved is not None:
             self._reserved.close()
             self._reserved = None
+        if self.metrics_dir is not None:
+            shutil.rmtree(self.metrics_dir, ignore_errors=True)
+            self.metrics_dir = None
 
     def pids(self) -> list[int]:
         return [c.pid for c in self.children if c is not None and c.proc.returncode is None]
@@ -164,6 +177,8 @@ class Supervisor:
             XW_DATABASE_URL=self.settings.db_url,
             XW_PROCESSES="1",
         )
+        if self.metrics_dir is not None:
+            env["PROMETHEUS_MULTIPROC_DIR"] = self.metrics_dir
         return env
 
     async def _launch(self, index: int) -> Child:
@@ -212,6 +227,8 @@ class Supervisor:
             child = self.children[index]
             assert child is not None
             code = await child.proc.wait()
+            if self.metrics_dir is not None:  # its live gauges no longer count (its counters do)
+                mark_process_dead(child.pid, self.metrics_dir)  # type: ignore[no-untyped-call]
             ran = loop.time() - child.started
             if ran >= STABLE:
                 backoff = RESTART_MIN

@@ -43,6 +43,24 @@ async def _pg(url: str, sql: str) -> None:
         await conn.close()
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On PostgreSQL (``make test-pg``) run only the tests that reach a database: those that use the
+    ``database_url`` or ``grid_database_url`` fixture, directly or through another (every server), or
+    are marked ``database``. The rest (pure functions, the client against in-memory transports, the relay, the
+    worker's sandbox) already ran on SQLite and would only repeat themselves."""
+    if not PG_URL:
+        return
+    keep: list[pytest.Item] = []
+    drop: list[pytest.Item] = []
+    for item in items:
+        names = getattr(item, "fixturenames", ())
+        uses = "database_url" in names or "grid_database_url" in names or item.get_closest_marker("database")
+        (keep if uses else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
 @pytest.fixture
 async def database_url() -> AsyncIterator[str]:
     """'' for SQLite in the home, or a fresh PostgreSQL database."""
@@ -126,12 +144,17 @@ def _admin_password(home: Path) -> str:
 
 
 async def start_grid(tmp_path: Path, template_home: Path, database_url: str, **overrides: Any) -> Grid:
-    """A fresh server on 127.0.0.1:0 (``overrides`` replace settings, e.g. alive_period)."""
+    """A fresh server on 127.0.0.1:0 (``overrides`` replace settings, e.g. alive_period).
+
+    ``template_home`` is copied: the SQLite one with its database, or on PostgreSQL the template's home,
+    pointed at ``database_url``, a clone of the template's database (grid_database_url)."""
     home = tmp_path / "server"
+    shutil.copytree(template_home, home)
     if database_url:
-        await asyncio.to_thread(init_home, home, host="127.0.0.1", port=0, database_url=database_url)
-    else:
-        shutil.copytree(template_home, home)
+        from common.config import dump_flat_toml, read_toml, write_private
+
+        values = read_toml(home / "settings.toml")
+        write_private(home / "settings.toml", dump_flat_toml({**values, "database_url": database_url}))
     settings = replace(load_settings(home), **overrides)
     server = await start(settings, migrate=False)  # both homes are migrated already
     admin_cfg = ClientConfig(
@@ -146,10 +169,52 @@ async def stop_grid(g: Grid) -> None:
     await g.server.aclose()
 
 
+@pytest.fixture(scope="session")
+def pg_template_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path | None]:
+    """On PostgreSQL, one initialised home (CA, keys, admin) whose migrated database every grid's
+    database is cloned from (CREATE DATABASE ... TEMPLATE): a grid costs a copy, not the migrations."""
+    if not PG_URL:
+        yield None
+        return
+    name = "xwt_tmpl_" + uuid.uuid4().hex[:12]
+    asyncio.run(_pg(PG_URL, f'CREATE DATABASE "{name}"'))
+    try:
+        home = tmp_path_factory.mktemp("pg-template") / "home"
+        init_home(home, host="127.0.0.1", port=0, database_url=_database(name))
+        yield home
+    finally:
+        asyncio.run(_pg(PG_URL, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def _database(name: str) -> str:
+    return make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
+
+
 @pytest.fixture
-async def grid(tmp_path: Path, template_home: Path, database_url: str) -> AsyncIterator[Grid]:
+async def grid_database_url(pg_template_home: Path | None) -> AsyncIterator[str]:
+    """'' for SQLite, or on PostgreSQL a fresh clone of the template's database (migrated, with admin)."""
+    if pg_template_home is None:
+        yield ""
+        return
+    template = make_url(load_settings(pg_template_home).db_url).database
+    name = "xwt_" + uuid.uuid4().hex[:12]
+    await _pg(PG_URL, f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    try:
+        yield _database(name)
+    finally:
+        await _pg(PG_URL, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def grid_home(template_home: Path, pg_template_home: Path | None) -> Path:
+    """The home a grid copies: the SQLite template, or the PostgreSQL one."""
+    return pg_template_home or template_home
+
+
+@pytest.fixture
+async def grid(tmp_path: Path, grid_home: Path, grid_database_url: str) -> AsyncIterator[Grid]:
     """A fresh server on 127.0.0.1:0."""
-    g = await start_grid(tmp_path, template_home, database_url)
+    g = await start_grid(tmp_path, grid_home, grid_database_url)
     try:
         yield g
     finally:
@@ -157,12 +222,12 @@ async def grid(tmp_path: Path, template_home: Path, database_url: str) -> AsyncI
 
 
 @pytest.fixture
-async def grid_factory(tmp_path: Path, template_home: Path, database_url: str) -> AsyncIterator[Any]:
+async def grid_factory(tmp_path: Path, grid_home: Path, grid_database_url: str) -> AsyncIterator[Any]:
     """Start servers with settings overrides: ``g = await grid_factory(alive_period=0.5)``."""
     made: list[Grid] = []
 
     async def make(**overrides: Any) -> Grid:
-        g = await start_grid(tmp_path, template_home, database_url, **overrides)
+        g = await start_grid(tmp_path, grid_home, grid_database_url, **overrides)
         made.append(g)
         return g
 

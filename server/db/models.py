@@ -158,6 +158,7 @@ class Job(OwnedMixin, Base):
 
     __table_args__ = (
         Index("ix_jobs_status_created", "status", "created"),
+        Index("ix_jobs_created_uid", "created", "uid"),  # the dashboard's keyset pages (server/ui/queries.py)
         # A label names one job among its owner's existing jobs (xwresults LABEL, xwrm LABEL...); jobs
         # without one are unlimited. Deleted jobs are deleted rows, so a label is free again once its job is.
         Index(
@@ -300,6 +301,21 @@ class SpentIdToken(Base):
 
     digest: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 of the token, hex
     expires: Mapped[datetime] = mapped_column(index=True)
+
+
+class UiSession(Base):
+    """A signed-in dashboard browser (server/ui/sessions.py). The cookie holds a random id; only its
+    SHA-256 is kept. In the database so that every server process sharing it knows the session and a
+    sign-out ends it everywhere; ``token_version`` ends it with a password or rights change."""
+
+    __tablename__ = "ui_sessions"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 of the cookie's id, hex
+    user_uid: Mapped[str] = mapped_column(ForeignKey("users.uid", ondelete="CASCADE"), index=True)
+    token_version: Mapped[int] = mapped_column(Integer)
+    created: Mapped[datetime] = mapped_column(default=utcnow)
+    expires: Mapped[datetime] = mapped_column(index=True)
+    last_seen: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 OWNED_MODELS: dict[str, type[OwnedMixin]] = {

@@ -5,6 +5,9 @@
     [oidc.keycloak]
     issuer = "https://sso.example.org/realms/science"
     client_id = "xwhep-cli"            # a public client: xwlogin uses PKCE or the device grant
+    # the dashboard's sign-in (optional): its own confidential client, else client_id as a public one
+    web_client_id = "xwhep-web"
+    client_secret = "..."              # web_client_id's secret
     scopes = ["openid", "profile", "email", "offline_access"]
     login_claim = "preferred_username" # the claim that names a new user's login
     groups_claim = "groups"
@@ -26,6 +29,7 @@ _KEYS = {
     "issuer",
     "client_id",
     "client_secret",
+    "web_client_id",
     "scopes",
     "login_claim",
     "groups_claim",
@@ -43,7 +47,8 @@ class ProviderConfig:
     name: str
     issuer: str
     client_id: str
-    client_secret: str = ""  # only for a confidential client (a web sign-in); xwlogin's is public
+    client_secret: str = ""  # web_client_id's, when the dashboard's client is confidential
+    web_client_id: str = ""  # the dashboard's client (default: client_id, public, with PKCE)
     scopes: tuple[str, ...] = DEFAULT_SCOPES
     login_claim: str = "preferred_username"
     groups_claim: str = "groups"
@@ -51,6 +56,11 @@ class ProviderConfig:
     create_users: bool = False
     default_group: str = ""
     leeway: float = DEFAULT_LEEWAY
+
+    @property
+    def web_client(self) -> str:
+        """The client the dashboard signs in as (xwlogin is always ``client_id``, a public client)."""
+        return self.web_client_id or self.client_id
 
     def usergroup_for(self, groups: object) -> str:
         """The usergroup label a new user gets from the provider's groups claim (or the default)."""
@@ -116,6 +126,7 @@ def parse_providers(raw: object) -> tuple[ProviderConfig, ...]:
                 issuer=issuer,
                 client_id=str(table["client_id"]),
                 client_secret=str(table.get("client_secret", "")),
+                web_client_id=str(table.get("web_client_id", "")),
                 scopes=tuple(str(s) for s in scopes),
                 login_claim=str(table.get("login_claim", "preferred_username")),
                 groups_claim=str(table.get("groups_claim", "groups")),

@@ -18,10 +18,12 @@ every fetch is bounded by ``timeout``.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote_plus
 
 import aiohttp
 from joserfc import jwt
@@ -91,15 +93,57 @@ class TrustedProviders:
     def fetches(self, issuer: str) -> int:
         return self._known[issuer].fetches
 
+    def _client(self) -> aiohttp.ClientSession:
+        if self._http is None:
+            self._http = aiohttp.ClientSession()
+        return self._http
+
     async def aclose(self) -> None:
         if self._http is not None:
             await self._http.close()
             self._http = None
 
+    async def metadata(self, provider: ProviderConfig) -> dict[str, Any]:
+        """The provider's discovery document (cached)."""
+        return await self._metadata(self._known[provider.issuer])
+
+    async def post_form(self, provider: ProviderConfig, url: str, form: dict[str, str]) -> dict[str, Any]:
+        """POST ``form`` to one of the provider's endpoints (the token endpoint) and read its JSON answer.
+
+        The confidential client authenticates with HTTP Basic (client_secret_basic) when the settings
+        hold a secret. An OAuth error answer (400 with ``error``) is Unauthorized with its description.
+        """
+        check_url(url, "token endpoint")
+        headers = {"Accept": "application/json"}
+        if provider.client_secret:  # RFC 6749 2.3.1: both form-encoded, then HTTP Basic
+            pair = f"{quote_plus(provider.web_client)}:{quote_plus(provider.client_secret)}"
+            headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
+        bound = aiohttp.ClientTimeout(total=self.timeout)
+        try:
+            async with self._client().post(url, data=form, headers=headers, timeout=bound) as resp:
+                body = await resp.content.read(MAX_DOCUMENT + 1)
+                status = resp.status
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            reason = "timed out" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__
+            raise ProviderUnavailable(f"identity provider {provider.issuer} unreachable: {reason}") from None
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            doc = None
+        if not isinstance(doc, dict):
+            raise ProviderUnavailable(f"{provider.issuer} answered {status} without a JSON object ({url})")
+        if status != 200 or "error" in doc:
+            why = doc.get("error_description") or doc.get("error") or f"HTTP {status}"
+            raise Unauthorized(f"{provider.issuer} refused the sign-in: {why}")
+        return doc
+
     # --- verification ---------------------------------------------------------------------------
 
-    async def verify(self, provider: ProviderConfig, id_token: str, nonce: str | None) -> dict[str, Any]:
-        """The claims of ``id_token`` if the provider really issued it for us; Unauthorized otherwise."""
+    async def verify(
+        self, provider: ProviderConfig, id_token: str, nonce: str | None, audience: str | None = None
+    ) -> dict[str, Any]:
+        """The claims of ``id_token`` if the provider really issued it for us (for ``audience``, by
+        default xwlogin's ``client_id``); Unauthorized otherwise."""
         known = self._known[provider.issuer]
         try:
             header = extract_compact(id_token.encode("ascii")).protected
@@ -122,15 +166,17 @@ class TrustedProviders:
         except JoseError as exc:
             raise Unauthorized(f"ID token signature does not verify ({exc.error})") from None
         claims = dict(token.claims)
-        self._check_claims(provider, claims, nonce)
+        self._check_claims(provider, claims, nonce, audience or provider.client_id)
         return claims
 
-    def _check_claims(self, provider: ProviderConfig, claims: dict[str, Any], nonce: str | None) -> None:
+    def _check_claims(
+        self, provider: ProviderConfig, claims: dict[str, Any], nonce: str | None, audience: str
+    ) -> None:
         registry = JWTClaimsRegistry(
             leeway=int(provider.leeway),
             iss={"essential": True, "value": provider.issuer},
             sub={"essential": True},
-            aud={"essential": True, "value": provider.client_id},
+            aud={"essential": True, "value": audience},
             exp={"essential": True},
             iat={"essential": True},
         )
@@ -141,10 +187,10 @@ class TrustedProviders:
         except MissingClaimError as exc:
             raise Unauthorized(f"ID token lacks required claim(s) {exc.claim}") from None
         except ClaimError as exc:
-            raise Unauthorized(_claim_problem(provider, exc.claim, claims)) from None
+            raise Unauthorized(_claim_problem(provider, audience, exc.claim, claims)) from None
         aud = claims["aud"]
-        if isinstance(aud, list) and len(aud) > 1 and claims.get("azp") != provider.client_id:
-            raise Unauthorized(f"ID token has several audiences and its azp is not {provider.client_id}")
+        if isinstance(aud, list) and len(aud) > 1 and claims.get("azp") != audience:
+            raise Unauthorized(f"ID token has several audiences and its azp is not {audience}")
         theirs = claims.get("nonce")
         if (nonce or theirs) and theirs != nonce:
             raise Unauthorized("ID token nonce does not match this sign-in (replayed or mixed up)")
@@ -194,12 +240,10 @@ class TrustedProviders:
             raise ProviderUnavailable(f"{known.config.issuer} publishes an unusable JWKS: {exc}") from None
 
     async def _get_json(self, known: _Known, url: str, what: str) -> dict[str, Any]:
-        if self._http is None:
-            self._http = aiohttp.ClientSession()
         known.fetches += 1
         bound = aiohttp.ClientTimeout(total=self.timeout)
         try:
-            async with self._http.get(url, headers={"Accept": "application/json"}, timeout=bound) as resp:
+            async with self._client().get(url, headers={"Accept": "application/json"}, timeout=bound) as resp:
                 if resp.status != 200:
                     status = resp.status
                     raise ProviderUnavailable(f"identity provider answered {status} for its {what} ({url})")
@@ -231,11 +275,11 @@ def _pick(keys: KeySet, kid: object) -> Any:
     return None
 
 
-def _claim_problem(provider: ProviderConfig, claim: str, claims: dict[str, Any]) -> str:
+def _claim_problem(provider: ProviderConfig, audience: str, claim: str, claims: dict[str, Any]) -> str:
     if claim == "iss":
         return f"ID token issued by {claims.get('iss')!r}, not by {provider.issuer}"
     if claim == "aud":
-        return f"ID token is for audience {claims.get('aud')!r}, not for {provider.client_id}"
+        return f"ID token is for audience {claims.get('aud')!r}, not for {audience}"
     if claim == "nbf":
         return "ID token is not valid yet (nbf in the future): check the clocks"
     if claim == "iat":

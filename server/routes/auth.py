@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from aiohttp import web
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -16,14 +14,11 @@ from server.certificates import record_issued
 from server.db.models import User
 from server.events import record
 from server.http import Routes, read_body, reply
-from server.passwords import verify_password
+from server.logins import password_login
 from server.pki import cert_pem, sign_csr, subject_string
 from server.state import actor_of, services
 
 routes = Routes("auth")
-
-# Checked when the login is unknown, so that both failures take the same time.
-_DUMMY_HASH = "scrypt$16384$8$1$AAAAAAAAAAAAAAAAAAAAAA==$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
 
 
 @routes.add("GET", "/version", summary="Server version", response=Version, public=True)
@@ -42,17 +37,7 @@ async def version(request: web.Request) -> web.Response:
 async def token(request: web.Request) -> web.Response:
     svc = services(request)
     body = await read_body(request, TokenRequest, svc.settings.max_json_bytes)
-    address = request.remote or "?"
-    svc.throttle.check(body.login, address)  # before any hashing: a throttled guess costs us nothing
-    async with svc.sessions() as session:
-        user = (await session.execute(select(User).where(User.login == body.login))).scalar_one_or_none()
-    stored = user.password_hash if user is not None else _DUMMY_HASH
-    async with svc.passwords.slot():
-        ok = await asyncio.to_thread(verify_password, body.password, stored)
-    if user is None or not ok:
-        svc.throttle.failed(body.login, address)
-        raise Unauthorized("wrong login or password")
-    svc.throttle.succeeded(body.login, address)
+    user = await password_login(svc, body.login, body.password, request.remote or "?")
     access = svc.signer.issue(user.uid, login=user.login, tv=user.token_version)
     return reply(TokenResponse(access_token=access, expires_in=svc.signer.ttl))
 

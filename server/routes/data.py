@@ -7,13 +7,13 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from common.enums import CPU, OS, DataStatus
-from common.errors import Conflict, ValidationFailed
+from common.errors import Conflict
 from common.rights import Perm
 from common.schemas import DataIn, DataOut, Page
 from common.uri import new_uid
-from server import blobs
+from server import blobs, content
 from server.authz import default_rights, require_may_insert, require_may_list
-from server.db.models import Blob, Data
+from server.db.models import Data
 from server.events import record
 from server.http import Routes, read_body, reply
 from server.query import OWNER, name_filter
@@ -28,7 +28,7 @@ routes = Routes("data")
 NAME = name_filter("name", "exact name")
 
 MAX_DATA_BYTES = 1 << 40
-OCTET = "application/octet-stream"
+OCTET = content.OCTET
 
 
 def data_out(d: Data) -> DataOut:
@@ -117,6 +117,7 @@ async def put_content(request: web.Request) -> web.Response:
         expect_size=data.size,
         expect_sha256=data.declared_sha256,
     )
+    svc.metrics.data_received.inc(item.size)
     async with svc.store.lock(item.sha256):
         try:
             async with svc.sessions() as session, session.begin():
@@ -156,23 +157,9 @@ async def attach(session: AsyncSession, store: DataStore, data: Data, item: Inge
 )
 async def get_content(request: web.Request) -> web.StreamResponse:
     svc = services(request)
-    async with svc.sessions() as session:
-        data = await load(session, Data, path_uid(request), actor_of(request), Perm.READ, "data")
-    if data.status != DataStatus.AVAILABLE.value or data.sha256 is None:
-        raise Conflict(f"data {data.uid} has no content yet (status {data.status})")
-    headers = {
-        "Content-Type": OCTET,
-        "X-Content-SHA256": data.sha256,
-        "Content-Disposition": f'attachment; filename="{data.name}"',
-    }
-    async with svc.sessions() as session:
-        inline = (await session.execute(select(Blob.inline).where(Blob.sha256 == data.sha256))).scalar()
-    if inline is not None:  # a small content kept in its blob row
-        return web.Response(body=inline, headers=headers)
-    path = svc.store.path(data.sha256)
-    if not path.exists():
-        raise ValidationFailed(f"content of data {data.uid} is missing from the store")
-    return web.FileResponse(path, chunk_size=256 * 1024, headers=headers)
+    found = await content.readable_content(svc, actor_of(request), path_uid(request))
+    svc.metrics.data_sent.inc(found.data.size or 0)
+    return content.response(found)
 
 
 @routes.add("DELETE", "/data/{uid}", summary="Delete a data object", status=204)

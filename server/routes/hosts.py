@@ -6,57 +6,29 @@ answers its own credential, once; re-enrolling with that credential is the same 
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from aiohttp import web
-from sqlalchemy import func, select
+from sqlalchemy import select
 
-from common.enums import CPU, OS, UserRights
+from common.enums import UserRights
 from common.errors import Forbidden, NotFound, ValidationFailed
-from common.jobstates import ACTIVE
 from common.rights import PRIVATE, PUBLIC
 from common.schemas import Enrolment, HostIn, HostOut, HostRevoke, Page
 from common.uri import new_uid
 from server import hostcreds
 from server.auth import host_allowed
 from server.authz import require_may_list
-from server.db.models import Host, Job, UserGroup, utcnow
+from server.db.models import Host, UserGroup, utcnow
 from server.events import record
 from server.http import Routes, read_body, reply
+from server.listing import alive_clause, host_out, host_rows
 from server.query import OWNER, QueryParam
 from server.removal import manageable_host
 from server.routes.base import paged, path_uid
 from server.scheduler.reaper import requeue_host
-from server.state import Services, actor_of, services
-from server.views import owned
+from server.state import actor_of, services
 
 routes = Routes("workers")
 ALIVE = QueryParam("alive", "boolean", "true: alive hosts only", default=False)
-ACTIVE_VALUES = [s.value for s in ACTIVE]
-
-
-def host_out(h: Host, svc: Services, running: int = 0, project: str | None = None) -> HostOut:
-    cutoff = utcnow() - timedelta(seconds=svc.alive_timeout())
-    alive = bool(h.active and h.last_alive is not None and h.last_alive >= cutoff)
-    return HostOut(
-        **owned(h),
-        name=h.name,
-        os=OS(h.os),
-        cpu=CPU(h.cpu),
-        cores=h.cores,
-        memory=h.memory,
-        disk=h.disk,
-        version=h.version,
-        sandbox=h.sandbox,
-        project=project,
-        last_alive=h.last_alive,
-        alive=alive,
-        running=running,
-        credential="revoked" if h.revoked is not None else "active",
-        credential_issued=h.credential_issued,
-        revoked=h.revoked,
-        revoke_reason=h.revoke_reason,
-    )
 
 
 @routes.add(
@@ -165,17 +137,8 @@ async def list_hosts(request: web.Request) -> web.Response:
     require_may_list(actor, "hosts")
     stmt = select(Host)
     if ALIVE.flag(request):
-        cutoff = utcnow() - timedelta(seconds=svc.alive_timeout())
-        stmt = stmt.where(Host.active.is_(True), Host.last_alive >= cutoff)
+        stmt = stmt.where(alive_clause(svc))
     async with svc.readers() as session:
         rows, total, offset, limit = await paged(session, request, actor, Host, stmt, Host.name)
-        uids = [h.uid for h in rows]
-        per_host = (
-            select(Job.host_uid, func.count())
-            .where(Job.host_uid.in_(uids), Job.status.in_(ACTIVE_VALUES))
-            .group_by(Job.host_uid)
-        )
-        counts = {str(h): int(n) for h, n in (await session.execute(per_host)).all()}
-        labels = {u: lab for u, lab in (await session.execute(select(UserGroup.uid, UserGroup.label))).all()}
-    items = [host_out(h, svc, counts.get(h.uid, 0), labels.get(h.project_uid or "")) for h in rows]
+        items = await host_rows(session, svc, rows)
     return reply(Page[HostOut](items=items, total=total, offset=offset, limit=limit))

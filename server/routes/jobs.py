@@ -10,13 +10,14 @@ from common.enums import JobStatus
 from common.errors import NotFound, ValidationFailed
 from common.rights import Perm
 from common.schemas import MAX_BATCH_JOBS, HoldIn, JobIn, JobOut, JobsIn, JobsOut, Page
-from server.authz import require, require_may_insert, require_may_list
+from server import jobcontrol
+from server.authz import require_may_insert, require_may_list
 from server.db.models import Job
 from server.http import Routes, read_body, reply
+from server.listing import JobFilter
 from server.query import OWNER, QueryParam, name_filter, uid_filter
-from server.removal import delete_job_in
 from server.routes.base import load, paged, path_uid
-from server.scheduler import lifecycle, submission
+from server.scheduler import submission
 from server.state import actor_of, services
 from server.views import job_out
 
@@ -38,20 +39,15 @@ APP = uid_filter("app", "application uid")
 async def list_jobs(request: web.Request) -> web.Response:
     actor = actor_of(request)
     require_may_list(actor, "jobs")
-    stmt = select(Job)
     status = STATUS.raw(request)
+    statuses: tuple[JobStatus, ...] = ()
     if status is not None:
         try:
-            stmt = stmt.where(Job.status == JobStatus(status.upper()).value)
+            statuses = (JobStatus(status.upper()),)
         except ValueError:
             raise STATUS.bad("unknown status", status) from None
-    label, group, app = LABEL.text(request), GROUP.text(request), APP.text(request)
-    if label is not None:
-        stmt = stmt.where(Job.label == label)
-    if group is not None:
-        stmt = stmt.where(Job.job_group == group)
-    if app is not None:
-        stmt = stmt.where(Job.app_uid == app)
+    wanted = JobFilter(statuses, label=LABEL.text(request), group=GROUP.text(request), app=APP.text(request))
+    stmt = wanted.apply(select(Job))
     async with services(request).readers() as session:
         rows, total, offset, limit = await paged(session, request, actor, Job, stmt, Job.created)
     return reply(Page[JobOut](items=[job_out(j) for j in rows], total=total, offset=offset, limit=limit))
@@ -121,8 +117,7 @@ async def get_job(request: web.Request) -> web.Response:
 async def delete_job(request: web.Request) -> web.Response:
     actor = actor_of(request)
     async with services(request).sessions() as session, session.begin():
-        job = await load(session, Job, path_uid(request), actor, Perm.READ, "job")
-        await delete_job_in(session, actor, job)
+        await jobcontrol.delete_job(session, actor, path_uid(request))
     return web.Response(status=204)
 
 
@@ -135,9 +130,7 @@ async def hold(request: web.Request) -> web.Response:
     body = await read_body(request, HoldIn, svc.settings.max_json_bytes)
     uid = path_uid(request)
     async with svc.sessions() as session, session.begin():
-        job = await load(session, Job, uid, actor, Perm.READ, "job")
-        require(actor, job, Perm.WRITE, "job")
-        await lifecycle.hold(session, job, actor, body.reason)
+        await jobcontrol.hold_job(session, actor, uid, body.reason)
     return reply(await _reloaded(request, uid))
 
 
@@ -147,9 +140,7 @@ async def release(request: web.Request) -> web.Response:
     actor = actor_of(request)
     uid = path_uid(request)
     async with svc.sessions() as session, session.begin():
-        job = await load(session, Job, uid, actor, Perm.READ, "job")
-        require(actor, job, Perm.WRITE, "job")
-        await lifecycle.release(session, job, actor)
+        await jobcontrol.release_job(session, actor, uid)
     return reply(await _reloaded(request, uid))
 
 

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 from aiohttp import web
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from common.enums import UserRights
 from common.errors import Forbidden, NotFound
 from common.rights import Perm, format_mode, parse_mode
 from common.schemas import ChmodIn, EventOut, ObjectRef, Page
-from server.authz import Actor, can_administer, require, require_may_list, require_may_manage_user
+from server.authz import (
+    Actor,
+    can_administer,
+    require,
+    require_may_list,
+    require_may_manage_user,
+    visible_events,
+)
 from server.db.models import OWNED_MODELS, App, Data, Event, Host, Job, OwnedMixin, User, UserGroup
 from server.events import record
 from server.http import Routes, page_params, read_body, reply
@@ -137,9 +144,7 @@ async def events(request: web.Request) -> web.Response:
     actor = actor_of(request)
     require_may_list(actor, "events")
     offset, limit = page_params(request)
-    stmt = select(Event)
-    if actor.rights is not UserRights.SUPER_USER:
-        stmt = stmt.where(or_(Event.object_owner_uid == actor.uid, Event.actor_uid == actor.uid))
+    stmt = select(Event).where(visible_events(actor))
     obj, after = OBJECT.text(request), AFTER.optional_integer(request)
     if obj is not None:
         stmt = stmt.where(Event.object_uid == obj)

@@ -27,6 +27,7 @@ from common.schemas import (
 from server.auth import host_allowed
 from server.db.models import Attempt, Blob, Job
 from server.http import Routes, read_body, reply
+from server.metrics.instruments import base64_size
 from server.query import QueryParam, header_sha256, integer_range
 from server.routes.base import host_of, path_uid
 from server.scheduler import completion
@@ -74,7 +75,8 @@ async def request_work(request: web.Request) -> web.StreamResponse:
         # the server's cap: a fleet that started together (after an outage, a restart) would otherwise
         # come back together, every long-poll period, each with a claim query
         wait *= random.uniform(1.0 - LONGPOLL_JITTER, 1.0)
-    deadline = time.monotonic() + wait
+    arrived = time.monotonic()
+    deadline = arrived + wait
     budget = 0  # the pass-on budget of the wake-up that woke us, if one did
     # a place in the long-poll budget is taken only once the request actually waits (429 past it)
     with svc.longpolls.waiting_place() as place:
@@ -93,6 +95,7 @@ async def request_work(request: web.Request) -> web.StreamResponse:
             svc.liveness.seen(host.uid)
             items = [c.assignment for c in claimed if c.assignment is not None]
             if items:
+                svc.metrics.claim_wait.observe(time.monotonic() - arrived)
                 return reply(Assignments(items=items))
             if claimed:
                 continue  # all were unrunnable (now ERROR): look for others at once
@@ -131,6 +134,7 @@ async def attempt_file(request: web.Request) -> web.StreamResponse:
             raise NotFound(f"data {did} is not a file of attempt {attempt}")
         inline = (await session.execute(select(Blob.inline).where(Blob.sha256 == ref.sha256))).scalar()
     headers = {"Content-Type": "application/octet-stream", "X-Content-SHA256": ref.sha256}
+    svc.metrics.data_sent.inc(ref.size)
     if inline is not None:
         return web.Response(body=inline, headers=headers)
     return web.FileResponse(svc.store.path(ref.sha256), chunk_size=256 * 1024, headers=headers)
@@ -215,6 +219,7 @@ async def results(request: web.Request) -> web.Response:
     actor = actor_of(request)
     host = host_of(request)
     body = await read_body(request, ResultsIn, svc.settings.max_json_bytes)
+    svc.metrics.data_received.inc(sum(base64_size(r.content) for r in body.results))
     async with svc.sessions() as session, session.begin():
         answer, _ = await completion.complete_inline(session, host, actor, body.results)
     svc.liveness.seen(host.uid)
@@ -243,6 +248,7 @@ async def upload_result(request: web.Request) -> web.Response:
     item = await svc.store.ingest(
         request.content.iter_any(), max_size=MAX_RESULT_BYTES, expect_sha256=declared
     )
+    svc.metrics.data_received.inc(item.size)
     async with svc.store.lock(item.sha256):
         try:
             async with svc.sessions() as session, session.begin():

@@ -67,7 +67,8 @@ async def claim(
         session,
         [
             Move(
-                Seen.row((r.uid, r.status, r.retry, r.max_retries, r.owner_uid, r.attempt_uid)),
+                # since: when it was queued (the transition that made it PENDING set modified)
+                Seen.row((r.uid, r.status, r.retry, r.max_retries, r.owner_uid, r.attempt_uid), r.modified),
                 f"claimed by {host.name} (attempt {attempt})",
                 {"host_uid": host.uid, "attempt_uid": attempt, "started": now},
             )

@@ -77,7 +77,7 @@ async def current(
     if not attempts:
         return {}
     stmt = (
-        select(*SEEN_COLUMNS, Job.label, Job.group_uid)
+        select(*SEEN_COLUMNS, Job.label, Job.group_uid, Job.started)
         .where(
             Job.attempt_uid.in_(list(attempts)),
             Job.host_uid == host.uid,
@@ -88,7 +88,7 @@ async def current(
     if lock and session.bind is not None and session.bind.dialect.name == "postgresql":
         stmt = stmt.with_for_update()
     rows = (await session.execute(stmt)).all()
-    return {r.attempt_uid: Current(Seen.row(r), r.label, r.group_uid) for r in rows}
+    return {r.attempt_uid: Current(Seen.row(r, r.started), r.label, r.group_uid) for r in rows}
 
 
 @dataclass(frozen=True)

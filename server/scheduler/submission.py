@@ -39,7 +39,7 @@ from common.schemas import JobIn
 from server.authz import Actor, can_raw, default_rights, require, require_may_insert
 from server.db.models import App, Data, Event, Job, JobRef, table_of, utcnow
 from server.scheduler.matching import platforms_of
-from server.scheduler.writer import event
+from server.scheduler.writer import event, note_submitted
 
 # A batch's JSON body may be this large (every other route keeps settings.max_json_bytes, 1 MiB):
 # 10,000 jobs with a few hundred bytes of arguments each are a few MiB; the bound keeps one request's
@@ -315,6 +315,7 @@ async def submit(session: AsyncSession, actor: Actor, jobs: Sequence[JobIn], *, 
         ) from None
     await insert_many(session, insert(JOB_REFS), ref_rows)
     await insert_many(session, insert(EVENTS), event_rows)
+    note_submitted(session, len(job_rows))  # the metrics count them once the transaction commits
     return Submitted(jobs, job_rows, pending)
 
 

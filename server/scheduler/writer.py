@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 
 from common.enums import AttemptState, JobStatus
 from common.errors import IllegalTransition
-from common.jobstates import FINAL, Trigger, advance
+from common.jobstates import ACTIVE, FINAL, Trigger, advance
 from server.authz import Actor
 from server.db.models import Attempt, Event, Job, table_of, utcnow
 
@@ -48,6 +48,8 @@ _OFF_HOST = {"host_uid": None, "started": None, "attempt_uid": None}
 
 CHANGES = "xw_changes"  # session.info key: the changes of the open transaction
 OBSERVERS = "xw_observers"  # session.info key (set on the session factory): who hears of them
+SUBMITTED = "xw_submitted"  # session.info key: jobs the open transaction inserted
+SUBMISSION_OBSERVERS = "xw_submission_observers"  # session.info key (factory): who hears of those
 
 
 @dataclass(frozen=True)
@@ -58,9 +60,11 @@ class Change:
     before: JobStatus
     after: JobStatus
     trigger: Trigger
+    since: datetime | None = None  # when the job entered ``before``, if its reader knew (Seen.since)
 
 
 Observer = Callable[[list[Change]], None]
+SubmissionObserver = Callable[[int], None]  # told how many jobs a committed transaction submitted
 
 
 def observe(factory_info: dict[str, Any], observer: Observer) -> None:
@@ -69,13 +73,31 @@ def observe(factory_info: dict[str, Any], observer: Observer) -> None:
     factory_info.setdefault(OBSERVERS, []).append(observer)
 
 
+def observe_submissions(factory_info: dict[str, Any], observer: SubmissionObserver) -> None:
+    """Call ``observer`` with the number of jobs every committed transaction submitted (jobs are born
+    in server/scheduler/submission.py, not through :func:`transition`)."""
+    factory_info.setdefault(SUBMISSION_OBSERVERS, []).append(observer)
+
+
 def note_change(session: AsyncSession, change: Change) -> None:
     """Queue a change for the observers of ``session`` (told after the commit, forgotten on rollback)."""
     session.info.setdefault(CHANGES, []).append(change)
 
 
+def note_submitted(session: AsyncSession, count: int) -> None:
+    """Count jobs inserted in ``session``'s transaction (told after the commit, forgotten on rollback)."""
+    session.info[SUBMITTED] = session.info.get(SUBMITTED, 0) + count
+
+
 @sa_event.listens_for(Session, "after_commit")
 def _tell_observers(session: Session) -> None:
+    submitted: int = session.info.pop(SUBMITTED, 0)
+    if submitted:
+        for counter in session.info.get(SUBMISSION_OBSERVERS, ()):
+            try:
+                counter(submitted)
+            except Exception:  # as below: the jobs are stored whatever an observer does
+                logger.exception("job submission observer failed")
     changes: list[Change] = session.info.pop(CHANGES, [])
     if not changes:
         return
@@ -89,6 +111,7 @@ def _tell_observers(session: Session) -> None:
 @sa_event.listens_for(Session, "after_rollback")
 def _forget_changes(session: Session) -> None:
     session.info.pop(CHANGES, None)
+    session.info.pop(SUBMITTED, None)
 
 
 @dataclass(frozen=True)
@@ -101,16 +124,22 @@ class Seen:
     max_retries: int
     owner_uid: str | None = None
     attempt: str | None = None
+    # When the job entered the status seen, if the reader has it at hand (never an extra query): for a
+    # RUNNING or DATAREQUEST job when it started, otherwise when it last changed. The metrics' queue
+    # wait and run time come from it (server/metrics/).
+    since: datetime | None = None
 
     @classmethod
     def of(cls, job: Job) -> Seen:
-        return cls(job.uid, JobStatus(job.status), job.retry, job.max_retries, job.owner_uid, job.attempt_uid)
+        status = JobStatus(job.status)
+        since = job.started if status in ACTIVE else job.modified
+        return cls(job.uid, status, job.retry, job.max_retries, job.owner_uid, job.attempt_uid, since)
 
     @classmethod
-    def row(cls, row: Any) -> Seen:
+    def row(cls, row: Any, since: datetime | None = None) -> Seen:
         """From a row of :data:`SEEN_COLUMNS`."""
         uid, status, retry, max_retries, owner, attempt = tuple(row)[:6]
-        return cls(uid, JobStatus(status), retry, max_retries, owner, attempt)
+        return cls(uid, JobStatus(status), retry, max_retries, owner, attempt, since)
 
 
 SEEN_COLUMNS = (Job.uid, Job.status, Job.retry, Job.max_retries, Job.owner_uid, Job.attempt_uid)
@@ -278,7 +307,8 @@ async def transition_many(
         + list(extra_events),
     )
     for p in applied:
-        note_change(session, Change(p.move.seen.uid, p.move.seen.status, p.after, trigger))
+        seen = p.move.seen
+        note_change(session, Change(seen.uid, seen.status, p.after, trigger, seen.since))
     return [p.after if ok else None for p, ok in zip(plans, done, strict=True)]
 
 

@@ -97,6 +97,7 @@ async def test_visible_matches_can_sqlite(tmp_path: Path) -> None:
     await _check(f"sqlite+aiosqlite:///{tmp_path}/t.db")
 
 
+@pytest.mark.database
 async def test_visible_matches_can_postgresql() -> None:
     base = os.environ.get(PG_ENV)
     if not base:

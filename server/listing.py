@@ -1,0 +1,105 @@
+"""What lists show, shared by the API's list routes and the dashboard: job filters and host rows.
+
+Rights are not applied here: callers add ``authz.visible`` (the one rule), so a filter can never widen
+what a list shows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Select, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from common.enums import CPU, OS, JobStatus
+from common.jobstates import ACTIVE
+from common.schemas import HostOut
+from server.db.models import Host, Job, UserGroup, utcnow
+from server.state import Services
+from server.views import owned
+
+ACTIVE_VALUES = [s.value for s in ACTIVE]
+
+
+@dataclass(frozen=True)
+class JobFilter:
+    """Which jobs a list asks for (every field optional; all given ones must hold)."""
+
+    statuses: tuple[JobStatus, ...] = ()
+    label: str | None = None
+    group: str | None = None
+    app: str | None = None  # uid
+    owner: str | None = None  # uid
+    created_from: datetime | None = None
+    created_to: datetime | None = None
+
+    def apply(self, stmt: Select[Any]) -> Select[Any]:
+        if len(self.statuses) == 1:
+            stmt = stmt.where(Job.status == self.statuses[0].value)
+        elif self.statuses:
+            stmt = stmt.where(Job.status.in_([s.value for s in self.statuses]))
+        if self.label is not None:
+            stmt = stmt.where(Job.label == self.label)
+        if self.group is not None:
+            stmt = stmt.where(Job.job_group == self.group)
+        if self.app is not None:
+            stmt = stmt.where(Job.app_uid == self.app)
+        if self.owner is not None:
+            stmt = stmt.where(Job.owner_uid == self.owner)
+        if self.created_from is not None:
+            stmt = stmt.where(Job.created >= self.created_from)
+        if self.created_to is not None:
+            stmt = stmt.where(Job.created < self.created_to)
+        return stmt
+
+
+def host_out(h: Host, svc: Services, running: int = 0, project: str | None = None) -> HostOut:
+    cutoff = utcnow() - timedelta(seconds=svc.alive_timeout())
+    alive = bool(h.active and h.last_alive is not None and h.last_alive >= cutoff)
+    return HostOut(
+        **owned(h),
+        name=h.name,
+        os=OS(h.os),
+        cpu=CPU(h.cpu),
+        cores=h.cores,
+        memory=h.memory,
+        disk=h.disk,
+        version=h.version,
+        sandbox=h.sandbox,
+        project=project,
+        last_alive=h.last_alive,
+        alive=alive,
+        running=running,
+        credential="revoked" if h.revoked is not None else "active",
+        credential_issued=h.credential_issued,
+        revoked=h.revoked,
+        revoke_reason=h.revoke_reason,
+    )
+
+
+def alive_clause(svc: Services) -> Any:
+    """Hosts heard from within the alive timeout."""
+    cutoff = utcnow() - timedelta(seconds=svc.alive_timeout())
+    return Host.active.is_(True) & (Host.last_alive >= cutoff)
+
+
+async def host_rows(session: AsyncSession, svc: Services, rows: Sequence[Host]) -> list[HostOut]:
+    """Hosts as lists show them: with the jobs each runs now and its project's label."""
+    uids = [h.uid for h in rows]
+    per_host = (
+        select(Job.host_uid, func.count())
+        .where(Job.host_uid.in_(uids), Job.status.in_(ACTIVE_VALUES))
+        .group_by(Job.host_uid)
+    )
+    counts = {str(h): int(n) for h, n in (await session.execute(per_host)).all()}
+    projects = {h.project_uid for h in rows if h.project_uid}
+    labels: dict[str, str] = {}
+    if projects:
+        found = await session.execute(
+            select(UserGroup.uid, UserGroup.label).where(UserGroup.uid.in_(projects))
+        )
+        labels = {str(u): str(lab) for u, lab in found.all()}
+    return [host_out(h, svc, counts.get(h.uid, 0), labels.get(h.project_uid or "")) for h in rows]
