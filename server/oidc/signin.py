@@ -49,6 +49,14 @@ async def spend(session: AsyncSession, id_token: str, claims: dict[str, Any]) ->
         raise Unauthorized("this ID token was already used (replayed): sign in again") from None
 
 
+async def sign_in_once(
+    session: AsyncSession, provider: ProviderConfig, id_token: str, claims: dict[str, Any]
+) -> User:
+    """Spend the verified ``id_token`` and sign its person in (xwlogin's exchange and the dashboard)."""
+    await spend(session, id_token, claims)
+    return await sign_in(session, provider, claims)
+
+
 async def sign_in(session: AsyncSession, provider: ProviderConfig, claims: dict[str, Any]) -> User:
     """The user the verified ``claims`` identify (created if the provider allows); else Unauthorized."""
     subject = str(claims["sub"])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from common.errors import Unauthorized
 from common.schemas import (
     Identities,
     IdentityIn,
@@ -15,8 +14,8 @@ from common.schemas import (
     TokenResponse,
 )
 from server.http import Routes, read_body, reply
+from server.logins import oidc_login
 from server.oidc import identities
-from server.oidc.signin import sign_in, spend
 from server.query import name_filter
 from server.routes.base import path_uid
 from server.state import actor_of, services
@@ -56,20 +55,8 @@ async def providers(request: web.Request) -> web.Response:
 async def oidc_token(request: web.Request) -> web.Response:
     svc = services(request)
     body = await read_body(request, OidcTokenRequest, svc.settings.max_json_bytes)
-    address = request.remote or "?"
-    throttle_key = f"oidc@{address}"  # per address: one caller's failures never lock others out
-    svc.throttle.check(throttle_key, address)
-    try:
-        provider = svc.oidc.find(body.provider)
-        claims = await svc.oidc.verify(provider, body.id_token, body.nonce)
-        async with svc.sessions() as session, session.begin():
-            await spend(session, body.id_token, claims)
-            user = await sign_in(session, provider, claims)
-            uid, login, version = user.uid, user.login, user.token_version
-    except Unauthorized:
-        svc.throttle.failed(throttle_key, address)
-        raise
-    access = svc.signer.issue(uid, login=login, tv=version, idp=provider.issuer)
+    user, provider = await oidc_login(svc, body.provider, body.id_token, body.nonce, request.remote or "?")
+    access = svc.signer.issue(user.uid, login=user.login, tv=user.token_version, idp=provider.issuer)
     return reply(TokenResponse(access_token=access, expires_in=svc.signer.ttl))
 
 

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from common.errors import XWError
 from server.oidc import weblogin
-from server.oidc.signin import sign_in, spend
+from server.oidc.signin import sign_in_once
 from server.ui.web import PREFIX, public, safe_next, start_session, svc_of
 
 PENDING_COOKIE = "xw_oidc"
@@ -39,8 +39,7 @@ async def callback(request: web.Request) -> web.StreamResponse:
             svc.oidc, begun, dict(request.query), redirect_uri(request)
         )
         async with svc.sessions() as session, session.begin():
-            await spend(session, id_token, claims)
-            user = await sign_in(session, provider, claims)
+            user = await sign_in_once(session, provider, id_token, claims)
     except XWError as err:
         resp = login_form(request, err.reason, 401 if err.status < 500 else err.status)
         resp.del_cookie(PENDING_COOKIE, path=f"{PREFIX}/oidc")

@@ -28,11 +28,6 @@ try:
 except ImportError:  # pragma: no cover - the dev dependencies hold it
     async_playwright = None  # type: ignore[assignment]
 
-if async_playwright is None or shutil.which(CHROMIUM) is None:
-    pytestmark = pytest.mark.skip(
-        reason=f"needs Playwright and chromium at {CHROMIUM} (apt-get install chromium)"
-    )
-
 
 def spki_pin(cert: Path) -> str:
     """base64(sha256(SubjectPublicKeyInfo)) of a certificate, as chromium's pin list takes it."""
