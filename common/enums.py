@@ -22,7 +22,9 @@ class JobStatus(StrEnum):
     RUNNING = "RUNNING"
     WAITING = "WAITING"
     DATAREQUEST = "DATAREQUEST"
-    REPLICATING = "REPLICATING"
+    REPLICATING = "REPLICATING"  # a validated job: its replicas run, no result is in yet
+    VALIDATING = "VALIDATING"  # results are in and agree so far; waiting for the quorum
+    INCONCLUSIVE = "INCONCLUSIVE"  # results are in but disagree: more replicas were started
     COMPLETED = "COMPLETED"
     ERROR = "ERROR"
 

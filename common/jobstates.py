@@ -4,6 +4,12 @@ UNAVAILABLE --inputs_ready--> PENDING --claim--> RUNNING --complete--> COMPLETED
 RUNNING --result_pending--> DATAREQUEST --complete--> COMPLETED
 RUNNING or DATAREQUEST --lose/abort--> PENDING   (retry += 1; past max_retries -> ERROR)
 any non-final --hold--> WAITING --release--> PENDING;  any non-final --fail--> ERROR
+
+A validated job never runs itself: its replicas (jobs of their own) do, and it follows their results:
+PENDING --replicate--> REPLICATING --validate--> VALIDATING (results agree so far, more are awaited)
+REPLICATING or VALIDATING --disagree--> INCONCLUSIVE (more replicas started) --validate--> VALIDATING
+REPLICATING, VALIDATING or INCONCLUSIVE --complete--> COMPLETED (a quorum agreed), --fail--> ERROR
+COMPLETED --recheck--> VALIDATING (it was accepted on the word of a host that has since been caught lying)
 """
 
 from __future__ import annotations
@@ -28,10 +34,14 @@ class Trigger(StrEnum):
     HOLD = "hold"  # owner, admin or policy holds it
     RELEASE = "release"  # a held job is released
     REPLICATE = "replicate"  # replicas were created for it
+    VALIDATE = "validate"  # a replica's result is in and no quorum yet
+    DISAGREE = "disagree"  # replicas' results disagree: more are needed
+    RECHECK = "recheck"  # its accepted result rests on a host that lost trust: check it again
 
 
 FINAL = frozenset({S.COMPLETED, S.ERROR})
 ACTIVE = frozenset({S.RUNNING, S.DATAREQUEST})
+VALIDATION = frozenset({S.REPLICATING, S.VALIDATING, S.INCONCLUSIVE})  # a validated job's replicas work
 
 # Retrying triggers go back to PENDING and count a retry; the rest are plain edges.
 _RETRYING = frozenset({Trigger.LOSE, Trigger.ABORT})
@@ -46,12 +56,16 @@ _TABLE: dict[tuple[S, Trigger], S] = {
     (S.RUNNING, Trigger.ABORT): S.PENDING,
     (S.DATAREQUEST, Trigger.COMPLETE): S.COMPLETED,
     (S.DATAREQUEST, Trigger.LOSE): S.PENDING,
-    (S.REPLICATING, Trigger.COMPLETE): S.COMPLETED,
     (S.WAITING, Trigger.RELEASE): S.PENDING,
+    (S.COMPLETED, Trigger.RECHECK): S.VALIDATING,
 }
-for _s in (S.UNAVAILABLE, S.PENDING, S.RUNNING, S.DATAREQUEST, S.REPLICATING):
+for _s in VALIDATION:
+    _TABLE[(_s, Trigger.COMPLETE)] = S.COMPLETED
+    _TABLE[(_s, Trigger.VALIDATE)] = S.VALIDATING
+    _TABLE[(_s, Trigger.DISAGREE)] = S.INCONCLUSIVE
+for _s in (S.UNAVAILABLE, S.PENDING, S.RUNNING, S.DATAREQUEST, *VALIDATION):
     _TABLE[(_s, Trigger.HOLD)] = S.WAITING
-for _s in (S.UNAVAILABLE, S.PENDING, S.RUNNING, S.DATAREQUEST, S.REPLICATING, S.WAITING):
+for _s in (S.UNAVAILABLE, S.PENDING, S.RUNNING, S.DATAREQUEST, *VALIDATION, S.WAITING):
     _TABLE[(_s, Trigger.FAIL)] = S.ERROR
 
 

@@ -273,6 +273,80 @@ class Binary(Model):
     data: Uid
 
 
+# --- result validation (replication) ---------------------------------------------------------------
+
+ValidationPolicy = Literal["none", "quorum", "adaptive"]
+# Comparator names: bitwise, tolerance, or an operator's entry point (group "xwhep.comparators").
+ComparatorName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.:-]*$")]
+
+
+class Validation(Model):
+    """How a job's result is validated: by nobody (none), by ``quorum`` agreeing results out of at most
+    ``max_attempts`` runs on distinct hosts of distinct owners (``replicas`` started at once), or
+    adaptively (one run on a host trusted for the app, spot-checked at rate ``spot_check``; two agreeing
+    runs otherwise). ``comparator`` decides whether two results agree."""
+
+    policy: ValidationPolicy = "none"
+    quorum: Annotated[int, Field(ge=1, le=16)] = 2
+    replicas: Annotated[int, Field(ge=1, le=16)] | None = None  # runs started at once (default: quorum)
+    max_attempts: Annotated[int, Field(ge=1, le=32)] | None = None  # default: 2 * quorum + 1
+    comparator: ComparatorName = "bitwise"
+    rel_tol: Annotated[float, Field(ge=0, le=1)] = 1e-6  # tolerance comparator
+    abs_tol: Annotated[float, Field(ge=0, le=1e300)] = 1e-9
+    homogeneous: bool = False  # replicas only on hosts of the first one's OS/CPU
+    spot_check: Annotated[float, Field(ge=0, le=1)] = 0.1  # adaptive: share of trusted results re-run
+    trust_after: Annotated[int, Field(ge=1, le=1000)] = 10  # adaptive: agreeing results before trust
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.replicas is not None and self.replicas < self.quorum:
+            raise ValueError(f"replicas ({self.replicas}) must be at least the quorum ({self.quorum})")
+        if self.max_attempts is not None and self.max_attempts < max(self.quorum, self.replicas or 0):
+            raise ValueError("max_attempts must be at least the quorum and the replicas")
+        return self
+
+    @classmethod
+    def copies(cls, n: int) -> Validation:
+        """XWHEP's ``--xwreplica N``: N runs at once, the result a majority of them agree on."""
+        return cls(policy="quorum", quorum=n // 2 + 1, replicas=n, max_attempts=2 * n)
+
+    @property
+    def first_wave(self) -> int:
+        """Runs started when the job is queued."""
+        return 1 if self.policy == "adaptive" else max(self.quorum, self.replicas or 0)
+
+    @property
+    def attempts_cap(self) -> int:
+        """Runs a job may take at most before it fails."""
+        if self.max_attempts is not None:
+            return self.max_attempts
+        return 2 * (2 if self.policy == "adaptive" else self.quorum) + 1
+
+
+class ReplicaOut(Model):
+    """One run of a validated job (a replica job of its own, hidden from listings) and its verdict."""
+
+    uid: str
+    status: JobStatus
+    host: str | None = None
+    digest: str | None = None  # the canonical digest of its result's content (files, not zip bytes)
+    verdict: str | None = None  # valid | invalid | inconclusive | trusted | cancelled | failed | None
+    result: str | None = None  # its result data: kept for the owner whatever the verdict
+    return_code: int | None = None
+
+
+class ReliabilityOut(Model):
+    """How far one host is trusted for one application."""
+
+    app: str
+    results: int
+    valid_streak: int
+    error_rate: float
+    trusted: bool
+    quarantined_until: datetime | None = None
+    reason: str | None = None
+
+
 class AppIn(Model):
     name: Name
     type: AppType = AppType.BINARY
@@ -281,6 +355,7 @@ class AppIn(Model):
     wallclock: Annotated[int, Field(ge=1, le=365 * 86400)] | None = None
     min_memory: Bytes = 0
     access_rights: Mode | None = None
+    validation: Validation | None = None  # how its jobs' results are validated (default: not at all)
 
 
 class AppOut(Owned):
@@ -290,6 +365,7 @@ class AppOut(Owned):
     env: str | None
     wallclock: int | None
     min_memory: int
+    validation: Validation | None = None
 
 
 class DataIn(Model):
@@ -335,6 +411,7 @@ class JobIn(Model):
     forward_addresses: list[ForwardAddress] = Field(default_factory=list, max_length=16)
     memory: Bytes | None = None  # default: the app's min_memory
     access_rights: Mode | None = None
+    validation: Validation | None = None  # default: the app's
 
 
 MAX_BATCH_JOBS = 10_000  # jobs per POST /jobs/batch: one transaction, a body of a few MiB
@@ -384,6 +461,9 @@ class JobOut(Owned):
     proxy_addresses: list[str] = Field(default_factory=list)  # job-<uid>-<port> while RUNNING
     net_in: int = 0  # bytes into the job through its tunnels
     net_out: int = 0  # bytes out of it
+    validation: Validation | None = None  # how its result is validated (None: not validated)
+    replicas: list[ReplicaOut] = Field(default_factory=list)  # its runs, when validated
+    replica_of: str | None = None  # a replica: the job it is a run of
 
 
 class ChmodIn(Model):
@@ -446,6 +526,7 @@ class HostOut(Owned):
     credential_issued: datetime | None = None
     revoked: datetime | None = None
     revoke_reason: str | None = None
+    reliability: list[ReliabilityOut] = Field(default_factory=list)  # per application it ran
 
 
 class Enrolment(Model):

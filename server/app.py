@@ -44,6 +44,8 @@ from server.state import SERVICES, Services
 from server.store import DataStore
 from server.tokens import TokenSigner
 from server.ui import install as install_dashboard
+from server.validation.observers import observe_started
+from server.validation.replication import Validator
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +75,8 @@ def create_app(settings: ServerSettings, *, migrate: bool = True) -> web.Applica
         client_max_size=settings.max_json_bytes,
     )
 
+    validator = Validator()
+
     async def services_ctx(app: web.Application) -> AsyncIterator[None]:
         if migrate:
             await leader.upgrade_once(settings.db_url)  # processes starting together take turns
@@ -83,6 +87,8 @@ def create_app(settings: ServerSettings, *, migrate: bool = True) -> web.Applica
         wakeups = Wakeups()
         info: dict[str, object] = {}
         observe(info, wakeups.observe)  # jobs that became PENDING wake as many waiting workers
+        observe(info, validator.observe)  # replicas that ended wake the validator
+        observe_started(info, wakeups.jobs_pending)  # replicas it started wake workers
         metrics = ServerMetrics()
         metrics_endpoint.watch(info, metrics)  # outcomes, queue waits, run times, submissions
         app[SERVICES] = Services(
@@ -140,10 +146,22 @@ def create_app(settings: ServerSettings, *, migrate: bool = True) -> web.Applica
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
+    async def validator_ctx(app: web.Application) -> AsyncIterator[None]:
+        svc = app[SERVICES]
+        loop = validator.run(svc.sessions, svc.store)
+        task = asyncio.create_task(loop, name="validator")
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
     app.cleanup_ctx.append(services_ctx)
     app.cleanup_ctx.append(authcache_ctx)
     app.cleanup_ctx.append(notify_ctx)
     app.cleanup_ctx.append(reaper_ctx)
+    app.cleanup_ctx.append(validator_ctx)  # replicas' results -> verdicts (server/validation/)
     metrics_endpoint.install(app)  # GET /metrics (Prometheus), outside the API and its document
     for table in [*ROUTE_TABLES, openapi_routes(ROUTE_TABLES)]:
         table.install(app)

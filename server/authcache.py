@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from common.enums import UserRights
 from server.db.models import Host, User, table_of, utcnow
-from server.scheduler.matching import HostView
+from server.scheduler.matching import HostView, quarantine_of
 
 logger = logging.getLogger(__name__)
 
@@ -205,6 +205,7 @@ _READ_HOSTS = (
         _HOSTS.c.memory,
         _HOSTS.c.owner_uid,
         _HOSTS.c.project_uid,
+        _HOSTS.c.quarantine,
         _HOSTS.c.credential_hash,
         _HOSTS.c.revoked,
         _USERS.c.login,
@@ -223,7 +224,9 @@ async def _read_hosts(sessions: async_sessionmaker[AsyncSession], uids: list[str
         rows = (await session.execute(_READ_HOSTS, {"uids": uids})).all()
     return {
         r.uid: HostSnap(
-            HostView(r.uid, r.name, r.os, r.cpu, r.memory, r.owner_uid, r.project_uid),
+            HostView(
+                r.uid, r.name, r.os, r.cpu, r.memory, r.owner_uid, r.project_uid, quarantine_of(r.quarantine)
+            ),
             r.credential_hash,
             r.revoked,
             UserSnap(r.owner_uid, r.login, UserRights(r.rights), r.usergroup_uid, r.token_version or 0),

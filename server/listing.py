@@ -16,8 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from common.enums import CPU, OS, JobStatus
 from common.jobstates import ACTIVE
-from common.schemas import HostOut
-from server.db.models import Host, Job, UserGroup, utcnow
+from common.schemas import HostOut, ReliabilityOut
+from server.db.models import App, Host, HostReliability, Job, UserGroup, utcnow
 from server.state import Services
 from server.views import owned
 
@@ -37,6 +37,7 @@ class JobFilter:
     created_to: datetime | None = None
 
     def apply(self, stmt: Select[Any]) -> Select[Any]:
+        stmt = stmt.where(Job.replica_of.is_(None))  # a validated job's runs show with it, not as jobs
         if len(self.statuses) == 1:
             stmt = stmt.where(Job.status == self.statuses[0].value)
         elif self.statuses:
@@ -56,7 +57,13 @@ class JobFilter:
         return stmt
 
 
-def host_out(h: Host, svc: Services, running: int = 0, project: str | None = None) -> HostOut:
+def host_out(
+    h: Host,
+    svc: Services,
+    running: int = 0,
+    project: str | None = None,
+    reliability: Sequence[ReliabilityOut] = (),
+) -> HostOut:
     cutoff = utcnow() - timedelta(seconds=svc.alive_timeout())
     alive = bool(h.active and h.last_alive is not None and h.last_alive >= cutoff)
     return HostOut(
@@ -77,6 +84,7 @@ def host_out(h: Host, svc: Services, running: int = 0, project: str | None = Non
         credential_issued=h.credential_issued,
         revoked=h.revoked,
         revoke_reason=h.revoke_reason,
+        reliability=list(reliability),
     )
 
 
@@ -87,7 +95,8 @@ def alive_clause(svc: Services) -> Any:
 
 
 async def host_rows(session: AsyncSession, svc: Services, rows: Sequence[Host]) -> list[HostOut]:
-    """Hosts as lists show them: with the jobs each runs now and its project's label."""
+    """Hosts as lists show them: with the jobs each runs now, its project's label and its reliability
+    per application (trust and quarantines, server/validation/reliability.py)."""
     uids = [h.uid for h in rows]
     per_host = (
         select(Job.host_uid, func.count())
@@ -102,4 +111,36 @@ async def host_rows(session: AsyncSession, svc: Services, rows: Sequence[Host]) 
             select(UserGroup.uid, UserGroup.label).where(UserGroup.uid.in_(projects))
         )
         labels = {str(u): str(lab) for u, lab in found.all()}
-    return [host_out(h, svc, counts.get(h.uid, 0), labels.get(h.project_uid or "")) for h in rows]
+    trust = await reliability_of(session, uids)
+    return [
+        host_out(h, svc, counts.get(h.uid, 0), labels.get(h.project_uid or ""), trust.get(h.uid, ()))
+        for h in rows
+    ]
+
+
+async def reliability_of(session: AsyncSession, hosts: Sequence[str]) -> dict[str, list[ReliabilityOut]]:
+    """Each host's standing per application it ran validated jobs of."""
+    if not hosts:
+        return {}
+    rows = await session.execute(
+        select(HostReliability, App.name)
+        .join(App, App.uid == HostReliability.app_uid, isouter=True)
+        .where(HostReliability.host_uid.in_(list(hosts)))
+        .order_by(HostReliability.host_uid, App.name)
+    )
+    now = utcnow()
+    out: dict[str, list[ReliabilityOut]] = {}
+    for r, name in rows.all():
+        quarantined = r.quarantined_until is not None and r.quarantined_until > now
+        out.setdefault(r.host_uid, []).append(
+            ReliabilityOut(
+                app=name or r.app_uid,
+                results=r.results,
+                valid_streak=r.valid_streak,
+                error_rate=round(r.error_rate, 4),
+                trusted=r.trusted_since is not None and not quarantined,
+                quarantined_until=r.quarantined_until if quarantined else None,
+                reason=r.reason if quarantined else None,
+            )
+        )
+    return out

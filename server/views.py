@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from common.enums import JobStatus
 from common.rights import format_mode
-from common.schemas import JOB_ADDRESS, ForwardAddress, JobOut, tunnel_name
+from common.schemas import JOB_ADDRESS, ForwardAddress, JobOut, ReplicaOut, Validation, tunnel_name
 from server.db.models import Job, OwnedMixin
 
 __all__ = ["job_out", "owned", "proxy_addresses"]
@@ -24,8 +25,10 @@ def owned(obj: OwnedMixin | Any) -> dict[str, Any]:
     }
 
 
-def job_out(j: Job | Any) -> JobOut:
-    """A job as the wire shows it (from its ORM row, or any object with the same attributes)."""
+def job_out(j: Job | Any, replicas: Sequence[ReplicaOut] = ()) -> JobOut:
+    """A job as the wire shows it (from its ORM row, or any object with the same attributes); a
+    validated job with its ``replicas`` (server/validation/replication.replicas_out)."""
+    policy = getattr(j, "validation", None)
     return JobOut(
         **owned(j),
         app=j.app_uid,
@@ -55,6 +58,9 @@ def job_out(j: Job | Any) -> JobOut:
         proxy_addresses=proxy_addresses(j),
         net_in=j.net_in or 0,
         net_out=j.net_out or 0,
+        validation=Validation(**policy) if policy else None,
+        replicas=list(replicas),
+        replica_of=getattr(j, "replica_of", None),
     )
 
 

@@ -26,6 +26,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 UID = String(36)
 LABELLED = "label IS NOT NULL AND label <> ''"  # the jobs whose labels must be unique per owner
+# Replicas that ended (a result, or a failure) and that the validator has not judged yet.
+UNJUDGED = "replica_of IS NOT NULL AND verdict IS NULL AND status IN ('COMPLETED', 'ERROR')"
+NULLABLE_JSON = JSON(none_as_null=True)  # None is SQL NULL (testable with IS NULL), not JSON 'null'
 
 
 def utcnow() -> datetime:
@@ -121,6 +124,8 @@ class App(OwnedMixin, Base):
     env_uid: Mapped[str | None] = mapped_column(UID)
     wallclock: Mapped[int | None] = mapped_column(Integer)
     min_memory: Mapped[int] = mapped_column(BigInteger, default=0)
+    # common.schemas.Validation as a dict: how its jobs' results are validated (None: they are not)
+    validation: Mapped[dict[str, Any] | None] = mapped_column(NULLABLE_JSON)
 
 
 class Job(OwnedMixin, Base):
@@ -155,9 +160,20 @@ class Job(OwnedMixin, Base):
     max_rss: Mapped[int] = mapped_column(BigInteger, default=0)
     net_in: Mapped[int] = mapped_column(BigInteger, default=0)  # bytes into the job through its tunnels
     net_out: Mapped[int] = mapped_column(BigInteger, default=0)  # bytes out of it
+    # Result validation (server/validation/). A validated job never runs itself: it is a parent whose
+    # replicas (hidden jobs, replica_of = its uid) run on distinct hosts; ``policy`` is set on parents
+    # only (the claim skips them), ``validation`` holds their effective common.schemas.Validation.
+    policy: Mapped[str | None] = mapped_column(String(16))
+    validation: Mapped[dict[str, Any] | None] = mapped_column(NULLABLE_JSON)
+    replica_of: Mapped[str | None] = mapped_column(UID, index=True)
+    digest: Mapped[str | None] = mapped_column(String(64))  # a replica's result: its canonical digest
+    verdict: Mapped[str | None] = mapped_column(String(16))  # a replica's: valid, invalid, trusted...
+    # Homogeneous redundancy: "" until the first replica is claimed, then that host's "OS/CPU".
+    hr_class: Mapped[str | None] = mapped_column(String(40))
 
     __table_args__ = (
         Index("ix_jobs_status_created", "status", "created"),
+        Index("ix_jobs_unjudged", "replica_of", sqlite_where=text(UNJUDGED), postgresql_where=text(UNJUDGED)),
         Index("ix_jobs_created_uid", "created", "uid"),  # the dashboard's keyset pages (server/ui/queries.py)
         # A label names one job among its owner's existing jobs (xwresults LABEL, xwrm LABEL...); jobs
         # without one are unlimited. Deleted jobs are deleted rows, so a label is free again once its job is.
@@ -219,6 +235,9 @@ class Host(OwnedMixin, Base):
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     project_uid: Mapped[str | None] = mapped_column(UID)
     shared_apps: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # Applications it may not run for now: app uid -> {"until": ISO time, "reason": text}
+    # (server/validation/reliability.py keeps it; the claim reads it through HostView).
+    quarantine: Mapped[dict[str, dict[str, str]]] = mapped_column(JSON, default=dict)
     # The host's own credential (server/hostcreds.py): only its SHA-256 is kept; None once revoked.
     credential_hash: Mapped[str | None] = mapped_column(String(64))
     credential_issued: Mapped[datetime | None] = mapped_column()
@@ -362,3 +381,21 @@ class HostRequest(OwnedMixin, Base):
     decided_by: Mapped[str | None] = mapped_column(UID)
     reason: Mapped[str | None] = mapped_column(String(512))
     host_uid: Mapped[str | None] = mapped_column(UID)  # the host made when the credential was collected
+
+
+class HostReliability(Base):
+    """How far one host is trusted for one application: results judged, consecutive valid ones, and a
+    decaying error-rate estimate (server/validation/reliability.py)."""
+
+    __tablename__ = "host_reliability"
+
+    host_uid: Mapped[str] = mapped_column(UID, primary_key=True)
+    app_uid: Mapped[str] = mapped_column(UID, primary_key=True, index=True)
+    results: Mapped[int] = mapped_column(Integer, default=0)
+    invalid: Mapped[int] = mapped_column(Integer, default=0)
+    valid_streak: Mapped[int] = mapped_column(Integer, default=0)
+    error_rate: Mapped[float] = mapped_column(Float, default=0.1)
+    trusted_since: Mapped[datetime | None] = mapped_column()
+    quarantined_until: Mapped[datetime | None] = mapped_column()
+    reason: Mapped[str | None] = mapped_column(String(512))
+    updated: Mapped[datetime] = mapped_column(default=utcnow)

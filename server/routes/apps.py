@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
@@ -10,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from common.enums import AppType
 from common.errors import Conflict
 from common.rights import Perm
-from common.schemas import AppIn, AppOut, Binary, Page
+from common.schemas import AppIn, AppOut, Binary, Page, Validation
 from common.uri import new_uid
 from server.authz import Actor, can_administer, default_rights, require_may_insert, require_may_list
 from server.db.models import App, Data, Job
@@ -19,6 +21,7 @@ from server.http import Routes, read_body, reply
 from server.query import OWNER, name_filter
 from server.removal import delete_app_in
 from server.routes.base import load, paged, path_uid, rights_for
+from server.scheduler import submission
 from server.scheduler.matching import platforms_of
 from server.state import actor_of, services
 from server.views import owned
@@ -36,7 +39,16 @@ def app_out(a: App) -> AppOut:
         env=a.env_uid,
         wallclock=a.wallclock,
         min_memory=a.min_memory,
+        validation=Validation(**a.validation) if a.validation else None,
     )
+
+
+def _policy(body: AppIn) -> dict[str, Any] | None:
+    """The app's ``validation`` column for a request's policy (refused if the server cannot apply it)."""
+    if body.validation is None or body.validation.policy == "none":
+        return None
+    submission.check_policy(body.validation)
+    return body.validation.model_dump(mode="json", exclude_defaults=True) | {"policy": body.validation.policy}
 
 
 async def _check_refs(session: AsyncSession, actor: Actor, uids: list[str]) -> None:
@@ -94,6 +106,8 @@ async def create_app(request: web.Request) -> web.Response:
                 existing.wallclock = body.wallclock
             if body.access_rights is not None:
                 existing.access_rights = rights_for(body.access_rights, existing.access_rights)
+            if body.validation is not None:  # for jobs submitted from now on
+                existing.validation = _policy(body)
             record(
                 session,
                 actor,
@@ -116,6 +130,7 @@ async def create_app(request: web.Request) -> web.Response:
             env_uid=body.env,
             wallclock=body.wallclock,
             min_memory=body.min_memory,
+            validation=_policy(body),
         )
         session.add(app)
         record(session, actor, "app", app, "create", reason=body.name)

@@ -19,6 +19,7 @@ from server.query import OWNER, QueryParam, name_filter, uid_filter
 from server.routes.base import load, paged, path_uid
 from server.scheduler import submission
 from server.state import actor_of, services
+from server.validation.replication import replicas_out
 from server.views import job_out
 
 routes = Routes("jobs")
@@ -50,7 +51,9 @@ async def list_jobs(request: web.Request) -> web.Response:
     stmt = wanted.apply(select(Job))
     async with services(request).readers() as session:
         rows, total, offset, limit = await paged(session, request, actor, Job, stmt, Job.created)
-    return reply(Page[JobOut](items=[job_out(j) for j in rows], total=total, offset=offset, limit=limit))
+        runs = await replicas_out(session, rows)
+    items = [job_out(j, runs.get(j.uid, ())) for j in rows]
+    return reply(Page[JobOut](items=items, total=total, offset=offset, limit=limit))
 
 
 @routes.add(
@@ -110,7 +113,8 @@ async def _read_batch(request: web.Request) -> JobsIn:
 async def get_job(request: web.Request) -> web.Response:
     async with services(request).sessions() as session:
         job = await load(session, Job, path_uid(request), actor_of(request), Perm.READ, "job")
-    return reply(job_out(job))
+        runs = await replicas_out(session, [job])
+    return reply(job_out(job, runs.get(job.uid, ())))
 
 
 @routes.add("DELETE", "/jobs/{uid}", summary="Delete a job", status=204)

@@ -15,7 +15,7 @@ from functools import lru_cache
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import Select, insert, select
+from sqlalchemy import Select, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from common.enums import AppType, AttemptState, JobStatus
@@ -34,7 +34,7 @@ _INSERT_ATTEMPTS = insert(table_of(Attempt))  # Core, built once
 
 
 @lru_cache(maxsize=4 * MAX_CLAIM)
-def _claim_select(shape: tuple[bool, str, bool], limit: int, locking: bool) -> Select[Any]:
+def _claim_select(shape: tuple[bool, str, bool, bool], limit: int, locking: bool) -> Select[Any]:
     """The candidates of a claim, oldest first (one statement object per shape, limit and dialect)."""
     stmt = select(table_of(Job)).where(match_where(shape)).order_by(Job.created).limit(limit)
     return stmt.with_for_update(skip_locked=True) if locking else stmt
@@ -60,6 +60,7 @@ async def claim(
     rows = (await session.execute(stmt, match.params)).all()
     if not rows:
         return []
+    rows = _one_replica_each(rows)
     now = utcnow()
     attempts = [new_uid() for _ in rows]
     # the candidates are ours: locked (PostgreSQL) or read in this single-writer transaction (SQLite)
@@ -110,7 +111,28 @@ async def claim(
             for job in taken
         ],
     )
+    unset = {job.replica_of for job in taken if job.hr_class == ""}
+    if unset:  # homogeneous redundancy: this first replica fixes its siblings' OS/CPU class
+        jobs = table_of(Job)
+        await session.execute(
+            update(jobs)
+            .where(jobs.c.replica_of.in_(unset), jobs.c.hr_class == "")
+            .values(hr_class=host.platform)
+        )
     return await _assign(session, host, taken, catalog)
+
+
+def _one_replica_each(rows: Sequence[Any]) -> list[Any]:
+    """The candidates without a second replica of the same job: one host never runs two of them."""
+    seen: set[str] = set()
+    kept = []
+    for r in rows:
+        if r.replica_of is not None:
+            if r.replica_of in seen:
+                continue
+            seen.add(r.replica_of)
+        kept.append(r)
+    return kept
 
 
 async def _assign(

@@ -2,6 +2,11 @@
 
 Every status change goes through the status writer; a change that lost a race (the job moved on
 between reading and writing) is a 409 for a person, and retried once for the system's own moves.
+
+A validated job's replicas follow it: holding it cancels those still out (results already in are
+kept for its release), deleting it deletes them, and once it is PENDING again (released, inputs
+arrived) it starts the replicas it still needs. A replica itself is not moved by people: they act on
+its job.
 """
 
 from __future__ import annotations
@@ -15,12 +20,15 @@ from common.jobstates import Trigger
 from server.authz import Actor
 from server.db.models import Data, Job, JobRef
 from server.scheduler.writer import SEEN_COLUMNS, Seen, end_attempts, event, insert_events, transition
+from server.validation import replication
 
 
 async def move_or_409(
     session: AsyncSession, job: Job, trigger: Trigger, actor: Actor, reason: str
 ) -> JobStatus:
     """A person's move of ``job`` (as loaded): the new status, or Conflict if it changed meanwhile."""
+    if job.replica_of is not None:
+        raise Conflict(f"job {job.uid} is a replica of job {job.replica_of}: act on that job")
     moved = await transition(session, Seen.of(job), trigger, actor=actor, reason=reason)
     if moved is None:
         raise Conflict(f"job {job.uid} changed while you asked (it is no longer {job.status}); try again")
@@ -30,18 +38,34 @@ async def move_or_409(
 async def hold(session: AsyncSession, job: Job, actor: Actor, reason: str) -> JobStatus:
     """Hold a job: WAITING until released; a running attempt is killed at its host's next heartbeat."""
     why = f"held by {actor.login}" + (f": {reason}" if reason else "")
-    return await move_or_409(session, job, Trigger.HOLD, actor, why)
+    moved = await move_or_409(session, job, Trigger.HOLD, actor, why)
+    if job.policy is not None:
+        await replication.cancel(session, actor, await replication.outstanding(session, job.uid), why)
+    return moved
 
 
 async def release(session: AsyncSession, job: Job, actor: Actor) -> JobStatus:
     """Release a held job back to the queue (once its inputs are all there)."""
     if job.status == JobStatus.WAITING.value and await missing_inputs(session, job.uid):
         raise Conflict(f"job {job.uid} still waits for input data; upload it, then release")
-    return await move_or_409(session, job, Trigger.RELEASE, actor, f"released by {actor.login}")
+    moved = await move_or_409(session, job, Trigger.RELEASE, actor, f"released by {actor.login}")
+    if job.policy is not None and await replication.start(session, actor, [job.uid]):
+        return JobStatus.REPLICATING
+    return moved
 
 
 async def delete_job(session: AsyncSession, job: Job, actor: Actor) -> None:
-    """Delete a job in any state; a running attempt is cancelled (its host kills it at the next beat)."""
+    """Delete a job in any state; a running attempt is cancelled (its host kills it at the next beat).
+    A validated job's replicas go with it (their results stay the owner's data)."""
+    if job.replica_of is not None:
+        raise Conflict(f"job {job.uid} is a replica of job {job.replica_of}: delete that job")
+    if job.policy is not None:
+        for replica in (await session.execute(select(Job).where(Job.replica_of == job.uid))).scalars():
+            await _delete_one(session, replica, actor)
+    await _delete_one(session, job, actor)
+
+
+async def _delete_one(session: AsyncSession, job: Job, actor: Actor) -> None:
     if job.attempt_uid is not None:
         await end_attempts(
             session, [job.attempt_uid], AttemptState.CANCELLED, f"job deleted by {actor.login}"
@@ -82,11 +106,11 @@ async def inputs_arrived(session: AsyncSession, actor: Actor, data: Data) -> int
         .join(JobRef, JobRef.job_uid == Job.uid)
         .where(JobRef.data_uid == data.uid, Job.status == JobStatus.UNAVAILABLE.value)
     )
-    ready = 0
+    ready: list[str] = []
     for row in (await session.execute(waiting)).all():
         if await missing_inputs(session, row.uid):
             continue
         reason = f"input {data.uid} uploaded"
         if await transition(session, Seen.row(row), Trigger.INPUTS_READY, actor=actor, reason=reason):
-            ready += 1
-    return ready
+            ready.append(row.uid)
+    return len(ready) + (await replication.start(session, actor, ready) if ready else 0)

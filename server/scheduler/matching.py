@@ -5,19 +5,25 @@ ANY matches all), memory, expected host, and who the host works for: a SUPER_USE
 host runs everyone's jobs, a group administrator's host its group's jobs, a STANDARD_USER's host
 (a private worker) only its owner's jobs; a host enrolled for a project runs only that group's jobs.
 
+Validation (server/validation/): a validated job (``policy`` set) never runs itself; its replicas do,
+each on a host that has not run one of its siblings and whose owner's hosts have not either, on the
+OS/CPU class of the first one when the policy wants homogeneous redundancy; a host quarantined for an
+application runs none of its jobs until the quarantine ends.
+
 Claiming itself is ``server/scheduler/claims.py``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import ColumnElement, and_, bindparam, or_
+from sqlalchemy import ColumnElement, and_, bindparam, exists, or_, select
 
 from common.enums import AppType, JobStatus, UserRights
-from server.db.models import App, Host, Job
+from server.db.models import App, Attempt, Host, Job, table_of, utcnow
 
 if TYPE_CHECKING:
     from server.scheduler.catalog import AppInfo
@@ -52,10 +58,28 @@ class HostView:
     memory: int
     owner_uid: str | None
     project_uid: str | None
+    # (app uid, until): applications it may not run for now (server/validation/reliability.py)
+    quarantine: tuple[tuple[str, datetime], ...] = ()
 
     @classmethod
     def of(cls, h: Host) -> HostView:
-        return cls(h.uid, h.name, h.os, h.cpu, h.memory, h.owner_uid, h.project_uid)
+        return cls(
+            h.uid, h.name, h.os, h.cpu, h.memory, h.owner_uid, h.project_uid, quarantine_of(h.quarantine)
+        )
+
+    @property
+    def platform(self) -> str:
+        """Its OS/CPU class (homogeneous redundancy)."""
+        return f"{self.os}/{self.cpu}"
+
+    def quarantined(self, now: datetime) -> list[str]:
+        """The applications it may not run at ``now``."""
+        return [app for app, until in self.quarantine if until > now]
+
+
+def quarantine_of(column: dict[str, dict[str, str]] | None) -> tuple[tuple[str, datetime], ...]:
+    """The ``hosts.quarantine`` column as HostView holds it."""
+    return tuple((app, datetime.fromisoformat(q["until"])) for app, q in (column or {}).items())
 
 
 def _like(text: str) -> str:
@@ -68,7 +92,8 @@ class Match:
     """Which jobs a host may run: the shape of the WHERE clause (one cached statement per shape, see
     :func:`match_where`) and the host's values for its bound parameters."""
 
-    shape: tuple[bool, str, bool]  # (a memory bound, whose jobs: "" | "owner" | "group", a project)
+    # (a memory bound, whose jobs: "" | "owner" | "group", a project, quarantined apps)
+    shape: tuple[bool, str, bool, bool]
     params: dict[str, Any]
 
 
@@ -80,6 +105,8 @@ def match_of(host: HostView, owner_rights: UserRights, owner_group: str | None) 
         "m_any_cpu": _like(f"|{host.os}/ANY|"),
         "m_name": host.name,
         "m_uid": host.uid,
+        "m_host_owner": host.owner_uid or "",
+        "m_class": host.platform,
     }
     if host.memory:
         params["m_memory"] = host.memory
@@ -92,14 +119,33 @@ def match_of(host: HostView, owner_rights: UserRights, owner_group: str | None) 
         whose, params["m_group"] = "group", owner_group
     if host.project_uid:
         params["m_project"] = host.project_uid
-    return Match((bool(host.memory), whose, bool(host.project_uid)), params)
+    quarantined = host.quarantined(utcnow()) if host.quarantine else []
+    if quarantined:
+        params["m_quarantined"] = quarantined
+    return Match((bool(host.memory), whose, bool(host.project_uid), bool(quarantined)), params)
 
 
-@lru_cache(maxsize=16)
-def match_where(shape: tuple[bool, str, bool]) -> ColumnElement[bool]:
+def _no_sibling_here() -> ColumnElement[bool]:
+    """A replica whose siblings never ran on this host nor on a host of the same owner (any attempt:
+    running, finished or lost). Not a replica: true at once."""
+    sib, attempts, hosts = table_of(Job).alias("sib"), table_of(Attempt), table_of(Host)
+    ran_here = (
+        select(attempts.c.uid)
+        .join(sib, sib.c.uid == attempts.c.job_uid)
+        .join(hosts, hosts.c.uid == attempts.c.host_uid)
+        .where(
+            sib.c.replica_of == Job.replica_of,
+            or_(attempts.c.host_uid == bindparam("m_uid"), hosts.c.owner_uid == bindparam("m_host_owner")),
+        )
+    )
+    return or_(Job.replica_of.is_(None), ~exists(ran_here))
+
+
+@lru_cache(maxsize=32)
+def match_where(shape: tuple[bool, str, bool, bool]) -> ColumnElement[bool]:
     """The WHERE clause of a :class:`Match` shape, with bound parameters: built once per shape, so a
     claim neither rebuilds the clause nor recomputes SQLAlchemy's cache key for it."""
-    memory, whose, project = shape
+    memory, whose, project, quarantined = shape
     plat = Job.platforms
     conds: list[ColumnElement[bool]] = [
         Job.status == JobStatus.PENDING.value,
@@ -115,6 +161,9 @@ def match_where(shape: tuple[bool, str, bool]) -> ColumnElement[bool]:
             Job.expected_host == bindparam("m_name"),
             Job.expected_host == bindparam("m_uid"),
         ),
+        Job.policy.is_(None),  # a validated job: its replicas run, never the job itself
+        or_(Job.hr_class.is_(None), Job.hr_class == "", Job.hr_class == bindparam("m_class")),
+        _no_sibling_here(),
     ]
     if memory:
         conds.append(Job.memory <= bindparam("m_memory"))
@@ -124,4 +173,6 @@ def match_where(shape: tuple[bool, str, bool]) -> ColumnElement[bool]:
         conds.append(Job.group_uid == bindparam("m_group"))
     if project:
         conds.append(Job.group_uid == bindparam("m_project"))
+    if quarantined:
+        conds.append(Job.app_uid.not_in(bindparam("m_quarantined", expanding=True)))
     return and_(*conds)

@@ -13,8 +13,9 @@
    one executemany (``insert_many``): no ORM object per job, no flush between a job and its references.
 
 A job whose data all have content is PENDING, otherwise UNAVAILABLE until the last one arrives
-(``lifecycle.inputs_arrived``). Waking workers is the caller's, after the commit: ``Submitted.pending``
-says for how many jobs.
+(``lifecycle.inputs_arrived``). A validated job (its own or its app's policy, server/validation/) is
+REPLICATING instead of PENDING, and its first replicas go into the same insert. Waking workers is the
+caller's, after the commit: ``Submitted.pending`` says for how many jobs (replicas, for those).
 """
 
 from __future__ import annotations
@@ -35,11 +36,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from common.enums import AppType, DataStatus, JobStatus
 from common.errors import Conflict, NotFound, ValidationFailed, XWError
 from common.rights import Perm, parse_mode
-from common.schemas import JobIn
+from common.schemas import JobIn, Validation
 from server.authz import Actor, can_raw, default_rights, require, require_may_insert
 from server.db.models import App, Data, Event, Job, JobRef, table_of, utcnow
 from server.scheduler.matching import platforms_of
 from server.scheduler.writer import event, note_submitted
+from server.validation import comparators
+from server.validation.replicas import effective as effective_policy
+from server.validation.replicas import encoded, first_replicas, replica_events
 
 # A batch's JSON body may be this large (every other route keeps settings.max_json_bytes, 1 MiB):
 # 10,000 jobs with a few hundred bytes of arguments each are a few MiB; the bound keeps one request's
@@ -69,7 +73,7 @@ class EncodedJSON(TypeDecorator[str]):
 
 
 FEW_ROWS = 64  # below this, insert_many leaves the rows to SQLAlchemy's executemany
-JSON_COLUMNS = ("env", "inputs", "listen_ports", "forward_addresses")
+JSON_COLUMNS = ("env", "inputs", "listen_ports", "forward_addresses", "validation")
 INSERT_JOBS = insert(JOBS).values({c: bindparam(f"{c}_json", type_=EncodedJSON()) for c in JSON_COLUMNS})
 
 
@@ -92,7 +96,8 @@ class Submitted:
         columns = {k: v for k, v in row.items() if not k.endswith("_json")}
         forwards = [f.model_dump() for f in job.forward_addresses]
         lists = {"env": list(job.env), "inputs": list(job.inputs), "listen_ports": list(job.listen_ports)}
-        return Job(**columns, **lists, forward_addresses=forwards)
+        policy = json.loads(row["validation_json"]) if row.get("validation_json") else None
+        return Job(**columns, **lists, forward_addresses=forwards, validation=policy)
 
 
 @dataclass(frozen=True)
@@ -105,6 +110,7 @@ class _AppFacts:
     min_memory: int
     platforms: str
     submitted: str  # the reason of its jobs' submit events
+    validation: dict[str, Any] | None  # its policy (common.schemas.Validation), if it has one
 
 
 def _at(err: XWError, index: int, batch: bool) -> XWError:
@@ -150,7 +156,13 @@ async def _apps(session: AsyncSession, actor: Actor, uids: Collection[str]) -> d
             )
             continue
         verdicts[uid] = _AppFacts(
-            app.uid, app.access_rights, app.wallclock, app.min_memory, platforms_of(app), f"app {app.name}"
+            app.uid,
+            app.access_rights,
+            app.wallclock,
+            app.min_memory,
+            platforms_of(app),
+            f"app {app.name}",
+            app.validation,
         )
     return verdicts
 
@@ -212,6 +224,19 @@ def _refs(job: JobIn) -> Sequence[str]:
     return list(dict.fromkeys([*job.inputs, *job.env, *([job.stdin] if job.stdin else [])]))
 
 
+def check_policy(policy: Validation, job: JobIn | None = None) -> None:
+    """Refuse a policy the server cannot apply (an unknown comparator), or a job it cannot apply to."""
+    try:
+        comparators.load(policy.comparator)
+    except ValueError as err:
+        raise ValidationFailed(str(err)) from None
+    if job is not None and (job.listen_ports or job.forward_addresses or job.expected_host):
+        raise ValidationFailed(
+            "a validated job runs on several hosts at once: it cannot listen on ports, forward addresses "
+            "or expect one host (submit it with --xwreplica 1 or to an app without validation)"
+        )
+
+
 def _new_uids(n: int) -> list[str]:
     """``n`` random (version 4) uids like ``common.uri.new_uid``'s, from one read of the system's random
     source: ``uuid.uuid4`` costs a read and an object per uid, 5 times as much for a batch."""
@@ -244,6 +269,7 @@ async def submit(session: AsyncSession, actor: Actor, jobs: Sequence[JobIn], *, 
     modes: dict[str, int] = {}  # requested mode text -> bits, parsed once
     now = utcnow()
     job_rows: list[dict[str, Any]] = []
+    replica_rows: list[dict[str, Any]] = []
     ref_rows: list[dict[str, str]] = []
     event_rows: list[dict[str, Any]] = []
     pending = 0
@@ -267,8 +293,15 @@ async def submit(session: AsyncSession, actor: Actor, jobs: Sequence[JobIn], *, 
             mode = default
         elif (mode := modes.get(job.access_rights, -1)) < 0:
             mode = modes[job.access_rights] = parse_mode(job.access_rights)
+        policy = effective_policy(app.validation, job.validation)
+        if policy is not None:
+            try:
+                check_policy(policy, job)
+            except XWError as err:
+                raise _at(err, i, batch) from None
         status = JobStatus.PENDING.value if ready else JobStatus.UNAVAILABLE.value
-        pending += ready
+        if ready and policy is not None:
+            status = JobStatus.REPLICATING.value
         created = now + i * TICK
         # The same keys in every row (one executemany); columns that start NULL are left out.
         job_rows.append(
@@ -299,13 +332,22 @@ async def submit(session: AsyncSession, actor: Actor, jobs: Sequence[JobIn], *, 
                 "max_rss": 0,
                 "net_in": 0,
                 "net_out": 0,
+                "policy": policy.policy if policy else None,
+                "validation_json": encoded(policy),
+                "replica_of": None,
+                "hr_class": None,
             }
         )
-        ref_rows.extend({"job_uid": uid, "data_uid": d} for d in job_refs)
+        replicas = first_replicas(job_rows[-1], policy, created) if ready and policy else []
+        replica_rows.extend(replicas)
+        pending += len(replicas) if policy else ready
+        ref_rows.extend(
+            {"job_uid": r, "data_uid": d} for r in [uid, *(x["uid"] for x in replicas)] for d in job_refs
+        )
         event_rows.append({**submit_event, "object_uid": uid, "to_status": status, "reason": app.submitted})
 
     try:
-        await insert_many(session, INSERT_JOBS, job_rows)
+        await insert_many(session, INSERT_JOBS, job_rows + replica_rows)
     except IntegrityError as exc:
         if not any(mark in str(exc) for mark in LABEL_INDEX_MARKS):
             raise
@@ -314,7 +356,7 @@ async def submit(session: AsyncSession, actor: Actor, jobs: Sequence[JobIn], *, 
             "a label of these jobs was taken meanwhile by another submission of yours; nothing was stored"
         ) from None
     await insert_many(session, insert(JOB_REFS), ref_rows)
-    await insert_many(session, insert(EVENTS), event_rows)
+    await insert_many(session, insert(EVENTS), event_rows + replica_events(actor, replica_rows))
     note_submitted(session, len(job_rows))  # the metrics count them once the transaction commits
     return Submitted(jobs, job_rows, pending)
 

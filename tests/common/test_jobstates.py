@@ -40,10 +40,22 @@ EXPECTED: dict[S, dict[Trigger, S]] = {
         T.HOLD: S.WAITING,
         T.FAIL: S.ERROR,
     },
-    S.REPLICATING: {T.COMPLETE: S.COMPLETED, T.HOLD: S.WAITING, T.FAIL: S.ERROR},
+    # a validated job follows its replicas (server/validation/): results in and agreeing so far
+    # (VALIDATING), disagreeing (INCONCLUSIVE), a quorum (COMPLETED), no quorum possible (ERROR)
+    **{
+        s: {
+            T.VALIDATE: S.VALIDATING,
+            T.DISAGREE: S.INCONCLUSIVE,
+            T.COMPLETE: S.COMPLETED,
+            T.HOLD: S.WAITING,
+            T.FAIL: S.ERROR,
+        }
+        for s in (S.REPLICATING, S.VALIDATING, S.INCONCLUSIVE)
+    },
     # choice: HOLD on an already held job is refused rather than a WAITING -> WAITING self-edge
     S.WAITING: {T.RELEASE: S.PENDING, T.FAIL: S.ERROR},
-    S.COMPLETED: {},
+    # the one edge out of a final state: its result was accepted on the word of a host since caught lying
+    S.COMPLETED: {T.RECHECK: S.VALIDATING},
     S.ERROR: {},
 }
 RETRYING = {T.LOSE, T.ABORT}
@@ -63,6 +75,9 @@ def test_enums_are_the_ones_this_table_covers() -> None:
         "hold",
         "release",
         "replicate",
+        "validate",
+        "disagree",
+        "recheck",
     }
 
 
@@ -88,8 +103,8 @@ def test_every_pair(status: S, trigger: Trigger) -> None:
 
 
 @pytest.mark.parametrize("status", sorted(FINAL))
-@pytest.mark.parametrize("trigger", list(Trigger))
-def test_final_states_accept_nothing(status: S, trigger: Trigger) -> None:
+@pytest.mark.parametrize("trigger", [t for t in Trigger if t is not T.RECHECK])
+def test_final_states_accept_nothing_but_a_recheck(status: S, trigger: Trigger) -> None:
     assert not allowed(status, trigger)
     with pytest.raises(IllegalTransition):
         advance(status, trigger)
@@ -100,7 +115,10 @@ def test_any_non_final_can_fail(status: S) -> None:
     assert advance(status, T.FAIL) == Step(S.ERROR, 0)
 
 
-@pytest.mark.parametrize("status", [S.UNAVAILABLE, S.PENDING, S.RUNNING, S.DATAREQUEST, S.REPLICATING])
+@pytest.mark.parametrize(
+    "status",
+    [S.UNAVAILABLE, S.PENDING, S.RUNNING, S.DATAREQUEST, S.REPLICATING, S.VALIDATING, S.INCONCLUSIVE],
+)
 def test_hold_then_release_goes_to_pending(status: S) -> None:
     held = advance(status, T.HOLD, retry=2)
     assert held == Step(S.WAITING, 2)

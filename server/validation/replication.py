@@ -1,0 +1,521 @@
+"""The validator: replicas' results in, verdicts out, the validated job moved on.
+
+A validated job (``jobs.policy`` set) never runs itself. Its replicas are jobs of their own
+(server/validation/replicas.py) that workers claim and complete through the usual protocol, unaware of
+each other (an attempt learns nothing of its siblings: their results are its job owner's data, their
+digests are computed here, after the fact). When a replica ends, the status writer's observer wakes
+the :class:`Validator`; it finds the replicas not judged yet (a partial index), and for each of their
+jobs, in one transaction per batch:
+
+1. computes each new result's canonical digest (file names and contents, not zip bytes);
+2. groups the results that agree (bitwise on digests; other comparators on contents);
+3. asks the pure :func:`server.validation.policy.decide` what to do: accept a group (the job's result
+   becomes its first result's data, every other result is judged against it), wait for replicas still
+   out, start more (the job shows INCONCLUSIVE when results disagree), or give up (ERROR, with why);
+4. records each verdict as an event of the job and on the replica row (rejected results stay the
+   owner's data), and updates the hosts' reliability; a host that loses trust has the jobs accepted on
+   its word alone checked again (:func:`recheck`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import bindparam, insert, select, text, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from common.enums import JobStatus
+from common.jobstates import FINAL, VALIDATION, Trigger
+from common.schemas import ReplicaOut, Validation
+from common.uri import new_uid
+from server.authz import Actor
+from server.db.models import UNJUDGED, Blob, Data, Event, Host, Job, JobRef, table_of, utcnow
+from server.scheduler.submission import INSERT_JOBS, insert_many
+from server.scheduler.writer import Change, Move, Seen, event, insert_events, transition, transition_many
+from server.store import DataStore
+from server.validation import comparators, reliability
+from server.validation.comparators import Verdict
+from server.validation.digest import ResultContent, read_result
+from server.validation.observers import note_started, note_verdicts
+from server.validation.policy import Action, Decision, Result, Situation, decide
+from server.validation.replicas import as_insert_row, replica_events, replica_rows
+
+logger = logging.getLogger(__name__)
+
+JOBS, JOB_REFS, EVENTS = table_of(Job), table_of(JobRef), table_of(Event)
+BATCH = 64  # validated jobs judged per transaction
+SWEEP = 5.0  # seconds between looks when nothing wakes the validator (a missed wake-up is not lost)
+VALIDATION_VALUES = [s.value for s in VALIDATION]
+OUTSTANDING = {JobStatus.PENDING, JobStatus.RUNNING, JobStatus.DATAREQUEST, JobStatus.WAITING}
+# Verdicts of a replica (jobs.verdict): None until it ends, then one of these.
+PENDING_VERDICT = "pending"  # its result is in, the quorum is not
+CANCELLED = "cancelled"  # not needed any more (its job was decided or held), or it came too late
+FAILED = "failed"  # it ended without a result
+TRUSTED = "trusted"  # accepted alone, on its host's trust
+_UNJUDGED = select(JOBS.c.replica_of).where(text(UNJUDGED)).distinct().limit(BATCH)
+_SET_VERDICT_ONLY = (
+    update(JOBS).where(JOBS.c.uid == bindparam("w_uid")).values(verdict=bindparam("v_verdict"))
+)
+_SET_VERDICT = (
+    update(JOBS)
+    .where(JOBS.c.uid == bindparam("w_uid"))
+    .values(verdict=bindparam("v_verdict"), digest=bindparam("v_digest"))
+)
+
+
+# --- starting replicas ----------------------------------------------------------------------------
+
+
+async def spawn(
+    session: AsyncSession, actor: Actor | None, job: Any, count: int, why: str, siblings: Sequence[Any] = ()
+) -> list[str]:
+    """Start ``count`` more replicas of ``job`` (a jobs row; ``siblings``: the rows of its replicas so
+    far, whose OS/CPU class the new ones keep); their uids."""
+    if count <= 0:
+        return []
+    classes = {s.hr_class for s in siblings if s.hr_class}
+    policy = Validation(**job.validation)
+    hr = next(iter(classes)) if classes else ("" if policy.homogeneous else None)
+    uids = [new_uid() for _ in range(count)]
+    rows = replica_rows(as_insert_row(job), uids, job.created, hr_class=hr)
+    await insert_many(session, INSERT_JOBS, rows)
+    refs = (await session.execute(select(JobRef.data_uid).where(JobRef.job_uid == job.uid))).scalars().all()
+    if refs:
+        await session.execute(insert(JOB_REFS), [{"job_uid": u, "data_uid": d} for u in uids for d in refs])
+    started = event(actor, "work", job.uid, job.owner_uid, "replicate", reason=f"{why}: {', '.join(uids)}")
+    await insert_events(session, [started, *replica_events(actor, rows)])
+    note_started(session, count)  # workers wake once this commits
+    return uids
+
+
+async def start(session: AsyncSession, actor: Actor | None, uids: Iterable[str]) -> int:
+    """Validated jobs among ``uids`` that just became PENDING (inputs arrived, released) start their
+    replicas (REPLICATING); how many replicas were started."""
+    rows = (
+        await session.execute(
+            select(JOBS).where(
+                JOBS.c.uid.in_(list(uids)),
+                JOBS.c.policy.is_not(None),
+                JOBS.c.status == JobStatus.PENDING.value,
+            )
+        )
+    ).all()
+    moved = [r.uid for r in rows if await transition(session, _seen(r), Trigger.REPLICATE, actor=actor)]
+    if not moved:
+        return 0
+    return await judge(session, actor, moved, None)
+
+
+# --- reading results ------------------------------------------------------------------------------
+
+
+async def _contents(
+    session: AsyncSession, store: DataStore | None, data_uids: Iterable[str]
+) -> dict[str, bytes]:
+    """The bytes of result data objects (inline blobs, or files in the store)."""
+    wanted = list(data_uids)
+    if not wanted:
+        return {}
+    rows = await session.execute(
+        select(Data.uid, Data.sha256, Blob.inline)
+        .join(Blob, Blob.sha256 == Data.sha256, isouter=True)
+        .where(Data.uid.in_(wanted))
+    )
+    out: dict[str, bytes] = {}
+    for uid, sha, inline in rows:
+        if inline is not None:
+            out[uid] = inline
+        elif sha is not None and store is not None:
+            path = store.path(sha)
+            with contextlib.suppress(OSError):
+                out[uid] = await asyncio.to_thread(path.read_bytes)
+    return out
+
+
+def _content(raw: bytes | None, return_code: int | None) -> ResultContent:
+    """A result as comparators see it; one that is not a readable zip is compared as its raw bytes."""
+    if raw is None:
+        return ResultContent({".missing": b""}, return_code)
+    try:
+        files = read_result(raw)
+    except ValueError:
+        files = {".raw": raw}
+    return ResultContent(files, return_code)
+
+
+# --- judging --------------------------------------------------------------------------------------
+
+
+def _seen(row: Any) -> Seen:
+    """What the status writer's compare-and-set expects of a jobs row read here."""
+    status = JobStatus(row.status)
+    return Seen(row.uid, status, row.retry, row.max_retries, row.owner_uid, row.attempt_uid, row.modified)
+
+
+@dataclass
+class _Replica:
+    row: Any
+    owner: str  # its host's owner: a quorum counts owners, not hosts
+    digest: str | None = None
+    content: ResultContent | None = None
+
+    @property
+    def uid(self) -> str:
+        return str(self.row.uid)
+
+    @property
+    def status(self) -> JobStatus:
+        return JobStatus(self.row.status)
+
+
+async def _replicas(session: AsyncSession, parents: Sequence[str]) -> dict[str, list[_Replica]]:
+    hosts = table_of(Host)
+    rows = await session.execute(
+        select(JOBS, hosts.c.owner_uid.label("host_owner"))
+        .join(hosts, hosts.c.uid == JOBS.c.host_uid, isouter=True)
+        .where(JOBS.c.replica_of.in_(list(parents)))
+        .order_by(JOBS.c.created)
+    )
+    out: dict[str, list[_Replica]] = {p: [] for p in parents}
+    for r in rows:
+        out[r.replica_of].append(_Replica(r, r.host_owner or f"host:{r.host_uid}", r.digest))
+    return out
+
+
+def _agree(a: _Replica, b: _Replica, policy: Validation, comparator: comparators.Comparator) -> Verdict:
+    if policy.comparator == "bitwise":  # the digests say it all
+        return Verdict.VALID if a.digest == b.digest else Verdict.INVALID
+    assert a.content is not None and b.content is not None
+    return comparators.compare(comparator, a.content, b.content, policy)
+
+
+def _group(
+    results: Sequence[_Replica], policy: Validation, comparator: comparators.Comparator
+) -> list[list[_Replica]]:
+    """Results that agree, in groups (a result joins the first group whose first result it matches)."""
+    groups: list[list[_Replica]] = []
+    for r in results:
+        for g in groups:
+            if _agree(g[0], r, policy, comparator) is Verdict.VALID:
+                g.append(r)
+                break
+        else:
+            groups.append([r])
+    return groups
+
+
+async def judge(
+    session: AsyncSession,
+    actor: Actor | None,
+    parents: Sequence[str],
+    store: DataStore | None,
+    rng: Callable[[], float] = random.random,
+) -> int:
+    """Judge the validated jobs ``parents`` (the replicas of those not validating any more are marked
+    as not needed); how many replicas were started."""
+    stmt = select(JOBS).where(JOBS.c.uid.in_(list(parents))).order_by(JOBS.c.uid)
+    if session.bind is not None and session.bind.dialect.name == "postgresql":
+        stmt = stmt.with_for_update(skip_locked=True)  # another process judges the rest
+    jobs = (await session.execute(stmt)).all()
+    replicas = await _replicas(session, [j.uid for j in jobs])
+    started = 0
+    for job in jobs:
+        started += await _judge_one(session, actor, job, store, rng(), replicas[job.uid])
+    found = {j.uid for j in jobs}
+    missing = [p for p in parents if p not in found]
+    if missing:  # deleted (their replicas go with them), or locked by another process (it judges them)
+        exist = set((await session.execute(select(JOBS.c.uid).where(JOBS.c.uid.in_(missing)))).scalars())
+        orphans = await _replicas(session, [p for p in missing if p not in exist])
+        await _set_verdicts(session, [(r, CANCELLED) for rs in orphans.values() for r in _ended(rs)])
+    return started
+
+
+def _ended(replicas: Sequence[_Replica]) -> list[_Replica]:
+    return [r for r in replicas if r.row.verdict is None and r.status in FINAL]
+
+
+async def _judge_one(
+    session: AsyncSession,
+    actor: Actor | None,
+    job: Any,
+    store: DataStore | None,
+    draw: float,
+    replicas: Sequence[_Replica],
+) -> int:
+    status = JobStatus(job.status)
+    if status is JobStatus.WAITING:  # held: failures are marked, results wait for the release
+        await _set_verdicts(session, [(r, FAILED) for r in _ended(replicas) if r.status is JobStatus.ERROR])
+        return 0
+    if status not in VALIDATION:  # decided or failed meanwhile: what ends now was not needed
+        await _set_verdicts(session, [(r, CANCELLED) for r in _ended(replicas)])
+        return 0
+    policy = Validation(**job.validation)
+    try:
+        comparator = comparators.load(policy.comparator)
+    except ValueError as err:  # uninstalled since the job was submitted: nothing can judge it
+        await transition(session, _seen(job), Trigger.FAIL, actor=actor, reason=f"cannot validate: {err}")
+        await cancel(session, actor, [r.row for r in replicas if r.status in OUTSTANDING], "job failed")
+        return 0
+    done = [
+        r for r in replicas if r.status is JobStatus.COMPLETED and r.row.verdict in (None, PENDING_VERDICT)
+    ]
+    failed = [r for r in replicas if r.status is JobStatus.ERROR and r.row.verdict != CANCELLED]
+    outstanding = [r for r in replicas if r.status in OUTSTANDING]
+    made = sum(1 for r in replicas if r.row.verdict != CANCELLED)
+    new = [r for r in done if r.row.verdict is None]
+    await _load(session, store, done, need_content=policy.comparator != "bitwise")
+    groups = _group(done, policy, comparator)
+    trusted = False
+    if policy.policy == "adaptive" and len(done) == 1 and made == 1:
+        key = (done[0].row.host_uid, job.app_uid)
+        trusted = (await reliability.standings(session, [key]))[key].trusted(utcnow())
+    decision = decide(
+        Situation(
+            policy,
+            [[Result(r.uid, r.owner) for r in g] for g in groups],
+            len(outstanding),
+            made,
+            trusted_host=trusted,
+            spot_draw=draw,
+            failed=len(failed),
+        )
+    )
+    await _set_verdicts(session, [(r, FAILED) for r in failed if r.row.verdict is None])
+    if decision.action is Action.ACCEPT:
+        by_uid = {r.uid: r for r in replicas}
+        group = [by_uid[x.replica] for x in decision.accepted]
+        await _accept(session, actor, job, decision, group, done, outstanding, comparator, policy)
+        return 0
+    if decision.action is Action.GIVE_UP:
+        verdicts = [(r, Verdict.INCONCLUSIVE.value) for r in done]
+        await _set_verdicts(session, verdicts)
+        await insert_events(session, [_verdict_event(actor, job, r, v) for r, v in verdicts])
+        note_verdicts(session, Counter(v for _, v in verdicts))
+        await transition(session, _seen(job), Trigger.FAIL, actor=actor, reason=decision.reason)
+        return 0
+    await _set_verdicts(session, [(r, PENDING_VERDICT) for r in new])
+    await insert_events(session, [_verdict_event(actor, job, r, PENDING_VERDICT) for r in new])
+    target = JobStatus.INCONCLUSIVE if decision.disagree else JobStatus.VALIDATING if done else status
+    if target is not status:
+        trigger = Trigger.DISAGREE if target is JobStatus.INCONCLUSIVE else Trigger.VALIDATE
+        await transition(session, _seen(job), trigger, actor=actor, reason=decision.reason)
+    if decision.action is Action.MORE:
+        siblings = [r.row for r in replicas]
+        return len(await spawn(session, actor, job, decision.spawn, decision.reason, siblings))
+    return 0
+
+
+async def _load(
+    session: AsyncSession, store: DataStore | None, done: Sequence[_Replica], *, need_content: bool
+) -> None:
+    """Digests of new results, and the contents when the comparator needs more than digests."""
+    wanted = [r for r in done if need_content or r.digest is None]
+    raw = await _contents(session, store, [r.row.result_uid for r in wanted])
+    for r in wanted:
+        r.content = _content(raw.get(r.row.result_uid), r.row.return_code)
+        r.digest = r.content.digest
+
+
+async def _set_verdicts(session: AsyncSession, items: Sequence[tuple[_Replica, str]]) -> None:
+    rows = [{"w_uid": r.uid, "v_verdict": v, "v_digest": r.digest} for r, v in items]
+    if rows:
+        await session.execute(_SET_VERDICT, rows)
+
+
+def _verdict_event(actor: Actor | None, job: Any, r: _Replica, verdict: str) -> dict[str, Any]:
+    return event(
+        actor,
+        "work",
+        job.uid,
+        job.owner_uid,
+        "verdict",
+        reason=(
+            f"replica {r.uid} on host {r.row.host_uid}: exit code {r.row.return_code}, "
+            f"digest {r.digest}: {verdict}"
+        ),
+    )
+
+
+async def _accept(
+    session: AsyncSession,
+    actor: Actor | None,
+    job: Any,
+    decision: Decision,
+    group: Sequence[_Replica],
+    done: Sequence[_Replica],
+    outstanding: Sequence[_Replica],
+    comparator: comparators.Comparator,
+    policy: Validation,
+) -> None:
+    head = group[0]
+    in_group = {r.uid for r in group}
+    verdicts: list[tuple[_Replica, str]] = []
+    for r in done:
+        if r.uid in in_group:
+            verdicts.append((r, TRUSTED if decision.trusted else Verdict.VALID.value))
+        else:
+            v = _agree(head, r, policy, comparator)
+            verdicts.append(
+                (r, Verdict.INCONCLUSIVE.value if v is Verdict.INCONCLUSIVE else Verdict.INVALID.value)
+            )
+    await _set_verdicts(session, verdicts)
+    await insert_events(session, [_verdict_event(actor, job, r, v) for r, v in verdicts])
+    note_verdicts(session, Counter(v for _, v in verdicts))
+    await transition(
+        session,
+        _seen(job),
+        Trigger.COMPLETE,
+        actor=actor,
+        reason=f"{decision.reason}: result of replica {head.uid}",
+        values={
+            "result_uid": head.row.result_uid,
+            "return_code": head.row.return_code,
+            "host_uid": head.row.host_uid,
+        },
+    )
+    await cancel(session, actor, [r.row for r in outstanding], f"not needed: job {job.uid} was validated")
+    judged = [
+        (r.row.host_uid, job.app_uid, v == Verdict.VALID.value)
+        for r, v in verdicts
+        if v in (Verdict.VALID.value, Verdict.INVALID.value) and r.row.host_uid is not None
+    ]
+    outcomes = await reliability.record(session, judged, utcnow(), trust_after=policy.trust_after)
+    for host, app, out in outcomes:
+        if out.lost_trust is not None:
+            await recheck(session, actor, host, app, out.lost_trust, exclude=job.uid)
+
+
+async def replicas_out(session: AsyncSession, jobs: Sequence[Any]) -> dict[str, list[ReplicaOut]]:
+    """The replicas of the validated ones among ``jobs`` (rows or objects), as the wire shows them."""
+    parents = [j.uid for j in jobs if getattr(j, "policy", None) is not None]
+    if not parents:
+        return {}
+    rows = await session.execute(
+        select(
+            JOBS.c.uid,
+            JOBS.c.replica_of,
+            JOBS.c.status,
+            JOBS.c.host_uid,
+            JOBS.c.digest,
+            JOBS.c.verdict,
+            JOBS.c.result_uid,
+            JOBS.c.return_code,
+        )
+        .where(JOBS.c.replica_of.in_(parents))
+        .order_by(JOBS.c.created)
+    )
+    out: dict[str, list[ReplicaOut]] = {p: [] for p in parents}
+    for r in rows:
+        out[r.replica_of].append(
+            ReplicaOut(
+                uid=r.uid,
+                status=JobStatus(r.status),
+                host=r.host_uid,
+                digest=r.digest,
+                verdict=r.verdict,
+                result=r.result_uid,
+                return_code=r.return_code,
+            )
+        )
+    return out
+
+
+async def outstanding(session: AsyncSession, job_uid: str) -> list[Any]:
+    """The replicas of ``job_uid`` still queued or running (jobs rows)."""
+    rows = await session.execute(
+        select(JOBS).where(JOBS.c.replica_of == job_uid, JOBS.c.status.in_([s.value for s in OUTSTANDING]))
+    )
+    return list(rows.all())
+
+
+async def cancel(session: AsyncSession, actor: Actor | None, replicas: Sequence[Any], why: str) -> None:
+    """End replicas (jobs rows) still queued or running (their hosts drop them at the next heartbeat)."""
+    if not replicas:
+        return
+    await transition_many(session, [Move(_seen(r), why) for r in replicas], Trigger.FAIL, actor=actor)
+    await session.execute(_SET_VERDICT_ONLY, [{"w_uid": r.uid, "v_verdict": CANCELLED} for r in replicas])
+
+
+async def recheck(
+    session: AsyncSession, actor: Actor | None, host: str, app: str, since: datetime, *, exclude: str = ""
+) -> int:
+    """Jobs accepted on ``host``'s trust alone since ``since`` are checked again: each gets another
+    replica (the host's result stands only if another host agrees); how many."""
+    parents = table_of(Job).alias("parent")
+    stmt = (
+        select(parents, JOBS.c.uid.label("trusted_replica"))
+        .join(JOBS, JOBS.c.replica_of == parents.c.uid)
+        .where(
+            JOBS.c.verdict == TRUSTED,
+            JOBS.c.host_uid == host,
+            JOBS.c.app_uid == app,
+            JOBS.c.completed >= since,
+            parents.c.status == JobStatus.COMPLETED.value,
+            parents.c.uid != exclude,
+        )
+    )
+    count = 0
+    for row in (await session.execute(stmt)).all():
+        why = f"re-checking: host {host} lost the trust its result was accepted on"
+        if await transition(session, _seen(row), Trigger.RECHECK, actor=actor, reason=why) is None:
+            continue
+        await session.execute(
+            _SET_VERDICT_ONLY, [{"w_uid": row.trusted_replica, "v_verdict": PENDING_VERDICT}]
+        )
+        job = (await session.execute(select(JOBS).where(JOBS.c.uid == row.uid))).one()
+        count += len(await spawn(session, actor, job, 1, why))
+    return count
+
+
+# --- the validator's loop -------------------------------------------------------------------------
+
+
+class Validator:
+    """Judges replicas as they end: woken by the status writer's observer, and every ``SWEEP`` seconds
+    in case a wake-up was missed (another process ended them, or a pass failed)."""
+
+    def __init__(self, rng: Callable[[], float] = random.random) -> None:
+        self.wake = asyncio.Event()
+        self.rng = rng
+
+    def observe(self, changes: list[Change]) -> None:
+        """The status writer's observer: a job that ended may be a replica."""
+        if any(c.after in FINAL for c in changes):
+            self.wake.set()
+
+    async def run(self, sessions: async_sessionmaker[AsyncSession], store: DataStore) -> None:
+        """Judge until cancelled."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), SWEEP)
+            self.wake.clear()
+            try:
+                await self.pass_once(sessions, store)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("validator pass failed")
+                await asyncio.sleep(1.0)
+
+    async def pass_once(self, sessions: async_sessionmaker[AsyncSession], store: DataStore) -> int:
+        """Judge every job with replicas not judged yet, a batch per transaction; how many jobs."""
+        judged = 0
+        last: set[str] = set()
+        while True:
+            async with sessions() as session, session.begin():
+                parents = list((await session.execute(_UNJUDGED)).scalars())
+                if not parents or set(parents) == last:  # none, or only jobs another process holds
+                    return judged
+                await judge(session, None, parents, store, self.rng)
+            judged += len(parents)
+            last = set(parents)
+            if len(parents) < BATCH:
+                return judged
