@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import click
+import pydantic
 from pydantic import BaseModel
 
 from client.api import XWClient
 from client.cli import (
+    FC,
     JobArgsCommand,
     check_job_args,
     echo_created,
@@ -41,7 +43,7 @@ from common.config import dump_flat_toml, write_private
 from common.enums import CPU, OS, AppType, ObjectKind, UserRights
 from common.errors import XWError
 from common.rights import parse_mode
-from common.schemas import AppIn, Binary, JobIn, JobOut, UserGroupIn, UserIn, UserPatch
+from common.schemas import AppIn, Binary, JobIn, JobOut, UserGroupIn, UserIn, UserPatch, Validation
 from common.uri import is_uid, parse_uri
 
 APP, DATA, WORK = ObjectKind.APP.value, ObjectKind.DATA.value, ObjectKind.JOB.value
@@ -150,6 +152,165 @@ def xwcert(
     run(config, body)
 
 
+# --- result validation (xwsendapp, xwsubmit) --------------------------------------------------------
+
+POLICIES = ("none", "quorum", "adaptive")
+# Validation's fields -> the options that set them (for errors in the user's words).
+VALIDATION_OPTIONS = {
+    "policy": "--xwvalidation",
+    "quorum": "--xwquorum",
+    "replicas": "--xwreplica",
+    "max_attempts": "--xwmaxattempts",
+    "comparator": "--xwcomparator",
+    "rel_tol": "--xwreltol",
+    "abs_tol": "--xwabstol",
+    "homogeneous": "--xwhomogeneous",
+    "spot_check": "--xwspotcheck",
+    "trust_after": "--xwtrustafter",
+}
+ADAPTIVE_ONLY = ("spot_check", "trust_after")
+TOLERANCES = ("rel_tol", "abs_tol")
+
+
+def validation_options(replica_help: str) -> Callable[[FC], FC]:
+    """The result validation options of xwsendapp and xwsubmit (values are parsed by ``parse_validation``,
+    so that a bad one is a one-line error like any other)."""
+    specs: list[tuple[str, str, str | None, str]] = [
+        ("--xwreplica", "replica", "N", replica_help),
+        (
+            "--xwvalidation",
+            "policy",
+            "POLICY",
+            "How results are validated: none, quorum (K agreeing runs on distinct hosts) or adaptive (one"
+            " run on a host trusted for the app, spot-checked; two agreeing runs otherwise).",
+        ),
+        ("--xwquorum", "quorum", "K", "Agreeing results that validate a job (default 2)."),
+        ("--xwmaxattempts", "max_attempts", "M", "Runs at most before the job fails (default 2K+1)."),
+        (
+            "--xwcomparator",
+            "comparator",
+            "NAME",
+            "How results are compared: bitwise (default), tolerance, or a comparator the server installs.",
+        ),
+        ("--xwreltol", "rel_tol", "X", "Relative tolerance of the tolerance comparator (default 1e-6)."),
+        ("--xwabstol", "abs_tol", "X", "Absolute tolerance of the tolerance comparator (default 1e-9)."),
+        ("--xwhomogeneous", "homogeneous", None, "Run the copies only on hosts of the first one's OS/CPU."),
+        ("--xwspotcheck", "spot_check", "RATE", "adaptive: share of trusted results re-run (0-1 or 10%)."),
+        ("--xwtrustafter", "trust_after", "N", "adaptive: agreeing results before a host is trusted."),
+    ]
+
+    def decorate(fn: FC) -> FC:
+        for flag, dest, metavar, text in reversed(specs):
+            if metavar is None:
+                fn = click.option(flag, dest, is_flag=True, default=None, help=text)(fn)
+            else:
+                fn = click.option(flag, dest, metavar=metavar, help=text)(fn)
+        return fn
+
+    return decorate
+
+
+def _whole(option: str, text: str) -> int:
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise ValueError(f"{option} {text!r}: expected a whole number") from None
+
+
+def _real(option: str, text: str, percent: bool = False) -> float:
+    raw = text.strip()
+    scale = 1.0
+    if percent and raw.endswith("%"):
+        raw, scale = raw[:-1], 0.01
+    try:
+        return float(raw) * scale
+    except ValueError:
+        raise ValueError(f"{option} {text!r}: expected a number") from None
+
+
+def parse_validation(replica: str | None, replica_sets: str, **given: Any) -> Validation | None:
+    """The ``Validation`` the validation options describe, None if none is given; a ValueError naming the
+    option for a bad or inconsistent value.
+
+    ``--xwreplica N`` alone is XWHEP's: N copies at once, the result a majority agrees on
+    (``Validation.copies``; N = 1 is no validation). With ``--xwvalidation``, ``replica_sets`` says what it
+    means: "replicas" (the runs started at once: xwsendapp) or "" (refused with it: xwsubmit). The other
+    options set the fields of either.
+    """
+    policy_text = given.pop("policy", None)
+    fields: dict[str, Any] = {}
+    for name in ("quorum", "max_attempts", "trust_after"):
+        if given.get(name) is not None:
+            fields[name] = _whole(VALIDATION_OPTIONS[name], given[name])
+    for name in TOLERANCES:
+        if given.get(name) is not None:
+            fields[name] = _real(VALIDATION_OPTIONS[name], given[name])
+    if given.get("spot_check") is not None:
+        fields["spot_check"] = _real("--xwspotcheck", given["spot_check"], percent=True)
+    if given.get("comparator") is not None:
+        fields["comparator"] = given["comparator"].strip()
+    if given.get("homogeneous"):
+        fields["homogeneous"] = True
+    copies = _whole("--xwreplica", replica) if replica is not None else None
+    if copies is not None and copies < 1:
+        raise ValueError(f"--xwreplica {replica}: N must be at least 1 (N copies of each job run at once)")
+    if policy_text is None and copies is None:
+        if fields:
+            options = ", ".join(VALIDATION_OPTIONS[n] for n in fields)
+            raise ValueError(f"{options}: give --xwvalidation quorum|adaptive (or --xwreplica N) too")
+        return None
+    if policy_text is not None:
+        policy = policy_text.strip().lower()
+        if policy not in POLICIES:
+            raise ValueError(f"unknown --xwvalidation {policy_text!r} (expected none, quorum or adaptive)")
+        if copies is not None:
+            if not replica_sets:
+                raise ValueError(
+                    "give either --xwreplica N (N copies, a majority agreeing) or --xwvalidation POLICY,"
+                    " not both"
+                )
+            if policy == "adaptive":
+                raise ValueError("--xwreplica: an adaptive validation starts one run (a trusted host's)")
+            fields[replica_sets] = copies
+        base: dict[str, Any] = {"policy": policy}
+        named = f"--xwvalidation {policy}"
+    else:
+        assert copies is not None
+        named = f"--xwreplica {copies}"
+        try:
+            base = (
+                Validation.copies(copies).model_dump(exclude_none=True) if copies > 1 else {"policy": "none"}
+            )
+        except pydantic.ValidationError as exc:
+            too_many = [e for e in exc.errors() if e.get("loc") == ("replicas",)] or exc.errors()
+            raise ValueError(_validation_error(named, {**too_many[0], "loc": ()})) from None
+    policy = base["policy"]
+    if policy == "none" and fields:
+        options = ", ".join(VALIDATION_OPTIONS[n] for n in fields)
+        raise ValueError(f"{options}: {named} validates nothing (give --xwvalidation quorum|adaptive)")
+    if policy != "adaptive" and any(n in fields for n in ADAPTIVE_ONLY):
+        options = ", ".join(VALIDATION_OPTIONS[n] for n in ADAPTIVE_ONLY if n in fields)
+        raise ValueError(f"{options}: for --xwvalidation adaptive only")
+    if fields.get("comparator", "bitwise") == "bitwise" and any(n in fields for n in TOLERANCES):
+        options = ", ".join(VALIDATION_OPTIONS[n] for n in TOLERANCES if n in fields)
+        raise ValueError(
+            f"{options}: the bitwise comparator has no tolerance (give --xwcomparator tolerance)"
+        )
+    try:
+        return Validation.model_validate({**base, **fields})
+    except pydantic.ValidationError as exc:
+        raise ValueError("; ".join(_validation_error(named, err) for err in exc.errors())) from None
+
+
+def _validation_error(named: str, err: Any) -> str:
+    """One of pydantic's errors about a Validation, in the options' words."""
+    loc = err.get("loc", ())
+    msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+    if loc and loc[0] in VALIDATION_OPTIONS:
+        return f"{VALIDATION_OPTIONS[str(loc[0])]} {err.get('input')}: {msg}"
+    return f"{named}: {msg}"
+
+
 # --- apps and data --------------------------------------------------------------------------------
 
 
@@ -160,6 +321,10 @@ def xwcert(
 @click.argument("os_name", metavar="OS")
 @click.argument("file", metavar="FILE")
 @click.argument("rights", required=False)
+@validation_options(
+    "Runs of each job started at once (with --xwvalidation quorum); alone, XWHEP's --xwreplica: N copies,"
+    " a majority agreeing."
+)
 @xw_options
 def xwsendapp(
     name: str,
@@ -170,19 +335,27 @@ def xwsendapp(
     rights: str | None,
     config: Path | None,
     fmt: str,
+    replica: str | None,
+    **given: Any,
 ) -> None:
-    """Register an application, or add a platform to yours: NAME TYPE CPU OS FILE|DATA [RIGHTS]."""
+    """Register an application, or add a platform to yours: NAME TYPE CPU OS FILE|DATA [RIGHTS].
+
+    The validation options say how its jobs' results are validated (default: they are not)."""
 
     async def body(xw: XWClient) -> None:
+        validation = parse_validation(replica, "replicas", **given)
         kind = AppType.parse(app_type)
         the_cpu, the_os = parse_platform(cpu, os_name)
-        AppIn(name=name, type=kind, access_rights=rights)  # refuse a bad name or mode before uploading
+        # refuse a bad name, mode or validation before uploading
+        AppIn(name=name, type=kind, access_rights=rights, validation=validation)
         # named after the app and platform, so that the app's name alone stays unambiguous for xwrm/xwchmod
         binary_name = f"{name[:100]}-{the_os.value}-{the_cpu.value}"
         data_uid, uploaded = await stage(xw, file, name=binary_name, os=the_os, cpu=the_cpu)
         binary = Binary(os=the_os, cpu=the_cpu, data=data_uid)
         try:
-            app = await xw.send_app(AppIn(name=name, type=kind, access_rights=rights, binaries=[binary]))
+            app = await xw.send_app(
+                AppIn(name=name, type=kind, access_rights=rights, binaries=[binary], validation=validation)
+            )
         except XWError:
             if uploaded:
                 await asyncio.shield(xw.remove(data_uid))
@@ -298,6 +471,10 @@ def xwdownload(refs: tuple[str, ...], out: Path | None, config: Path | None, fmt
     type=click.Path(path_type=Path, dir_okay=False),
     help="Submit one job per non-empty line of FILE (the line holds the arguments).",
 )
+@validation_options(
+    "XWHEP's --xwreplica: run N copies at once, the result a majority of them agrees on (1: do not"
+    " validate, whatever the app says)."
+)
 @xw_options
 @click.pass_context
 def xwsubmit(
@@ -312,10 +489,17 @@ def xwsubmit(
     fmt: str,
     **opts: Any,
 ) -> None:
-    """Submit a job of APP with ARGS (options may come anywhere; `--` ends them); prints its URI."""
+    """Submit a job of APP with ARGS (options may come anywhere; `--` ends them); prints its URI.
+
+    The validation options override the app's result validation for this job (default: the app's)."""
     check_job_args(ctx, args)
+    replica = opts.pop("replica")
+    given = {name: opts.pop(name) for name in VALIDATION_OPTIONS if name != "replicas"}
 
     async def body(xw: XWClient) -> None:
+        validation = parse_validation(replica, "", **given)
+        if validation is not None:
+            opts["validation"] = validation
         if argfile is not None and args:
             raise ValueError("give job arguments either on the command line or in --xwargfile, not both")
         lines: list[tuple[int, str]] = []  # (line number, arguments)

@@ -21,7 +21,14 @@ from common.uri import is_uid
 
 WORK, HOST = ObjectKind.JOB.value, ObjectKind.HOST.value
 FINISHED = (JobStatus.COMPLETED, JobStatus.ERROR)  # what xwresults fetches and, by default, erases
-IN_FLIGHT = (JobStatus.PENDING, JobStatus.RUNNING, JobStatus.DATAREQUEST)  # will finish without anyone acting
+IN_FLIGHT = (  # will finish without anyone acting
+    JobStatus.PENDING,
+    JobStatus.RUNNING,
+    JobStatus.DATAREQUEST,
+    JobStatus.REPLICATING,
+    JobStatus.VALIDATING,
+    JobStatus.INCONCLUSIVE,
+)
 Act = Callable[[XWClient, str], Awaitable[JobOut]]
 
 
@@ -228,8 +235,8 @@ async def _pause(delays: Iterator[float], deadline: float | None) -> bool:
     "wait",
     is_flag=True,
     help="Wait for unfinished jobs to finish, then fetch them: the named ones, or (no REF) every job of"
-    " yours that is queued or running (PENDING, RUNNING, DATAREQUEST; held and UNAVAILABLE ones are not"
-    " waited for).",
+    " yours that is queued, running or being validated (PENDING, RUNNING, DATAREQUEST, REPLICATING,"
+    " VALIDATING, INCONCLUSIVE; held and UNAVAILABLE ones are not waited for).",
 )
 @click.option(
     "--xwtimeout",

@@ -6,6 +6,13 @@
 XWHEP spelled it; ``proxy_addresses`` -> ``proxyaddr``, the relay address in XWHEP's smartsocketaddr
 role); ``csv`` has a header row of the API's field names and ``json`` is a list of the API's objects
 (snake_case: ``net_in``); ``table`` is a rich table.
+
+Result validation nests records in an object: a job's ``validation`` policy and ``replicas`` (its runs and
+their verdicts), an app's ``validation``, a host's ``reliability`` (per application). ``json`` shows them
+whole; ``xml`` as child elements of the object's element (``<work ..><validation policy=".." .. /><replica
+uid=".." verdict=".." .. /></work>``, still one line per object); ``csv``, ``table`` and ``short`` as a
+one-cell summary (``quorum 2/5 bitwise``, ``3 (2 valid, 1 invalid)``, ``trusted for 2 of 3 apps;
+quarantined for APP until ..: REASON``).
 """
 
 from __future__ import annotations
@@ -14,9 +21,10 @@ import csv
 import io
 import json
 import re
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
 
@@ -34,8 +42,11 @@ from common.schemas import (
     HostRequestOut,
     IdentityOut,
     JobOut,
+    ReliabilityOut,
+    ReplicaOut,
     UserGroupOut,
     UserOut,
+    Validation,
 )
 
 FORMATS = ("short", "csv", "xml", "json", "table")
@@ -48,20 +59,27 @@ IDENTITY = "identity"  # listed by xwidentity list
 
 @dataclass(frozen=True)
 class Kind:
-    """How one kind of object is shown: its model, short-format fields and table columns."""
+    """How one kind of object is shown: its model, short-format fields and table columns; ``optional``
+    columns follow those of a table only when some object shown has a value for them."""
 
     model: type[BaseModel]
     short: tuple[str, ...]
     columns: tuple[str, ...]
+    optional: tuple[str, ...] = ()
 
 
 KINDS: dict[str, Kind] = {
-    ObjectKind.APP.value: Kind(AppOut, ("uid", "name"), ("uid", "name", "type", "access_rights", "binaries")),
+    ObjectKind.APP.value: Kind(
+        AppOut, ("uid", "name"), ("uid", "name", "type", "access_rights", "binaries"), ("validation",)
+    ),
     ObjectKind.DATA.value: Kind(
         DataOut, ("uid", "name"), ("uid", "name", "type", "size", "status", "access_rights")
     ),
     ObjectKind.JOB.value: Kind(
-        JobOut, ("uid", "status"), ("uid", "status", "label", "app", "args", "access_rights", "status_reason")
+        JobOut,
+        ("uid", "status"),
+        ("uid", "status", "label", "app", "args", "access_rights", "status_reason"),
+        ("validation", "replicas"),
     ),
     ObjectKind.USER.value: Kind(UserOut, ("uid", "login"), ("uid", "login", "email", "rights", "usergroup")),
     ObjectKind.USERGROUP.value: Kind(
@@ -69,8 +87,9 @@ KINDS: dict[str, Kind] = {
     ),
     ObjectKind.HOST.value: Kind(
         HostOut,
-        ("uid", "name", "alive", "running"),
+        ("uid", "name", "alive", "running", "reliability"),  # reliability: only when the host has one
         ("name", "os", "cpu", "cores", "sandbox", "alive", "last_alive", "running", "credential"),
+        ("reliability",),
     ),
     CERTIFICATE: Kind(
         CertificateOut,
@@ -122,6 +141,93 @@ def flat(value: Any) -> str | None:
     return str(value)
 
 
+def _tolerance(v: Validation) -> str:
+    return f"(rel {v.rel_tol:g}, abs {v.abs_tol:g})"
+
+
+def validation_summary(v: Validation | None) -> str | None:
+    """A validation policy in one cell: ``quorum 2/5 bitwise`` (2 agreeing results out of at most 5
+    runs), ``quorum 2/6 (3 at once) tolerance (rel 1e-06, abs 1e-09) homogeneous``, ``adaptive (trust
+    after 10, spot-check 10%, max 5) bitwise``, ``none``."""
+    if v is None:
+        return None
+    if v.policy == "none":
+        return "none"
+    if v.policy == "adaptive":
+        spot = f"{v.spot_check * 100:.3g}%"
+        parts = [f"adaptive (trust after {v.trust_after}, spot-check {spot}, max {v.attempts_cap})"]
+    else:
+        parts = [f"quorum {v.quorum}/{v.attempts_cap}"]
+        if v.first_wave != v.quorum:
+            parts.append(f"({v.first_wave} at once)")
+    parts.append(v.comparator)
+    if v.comparator != "bitwise":  # tolerance, or an operator's comparator that may read them
+        parts.append(_tolerance(v))
+    if v.homogeneous:
+        parts.append("homogeneous")
+    return " ".join(parts)
+
+
+PENDING_VERDICT = "pending"  # the server's verdict on a result that is in while the quorum is not
+
+
+def _replica_state(r: ReplicaOut) -> str:
+    if r.verdict == PENDING_VERDICT:
+        return "awaiting quorum"
+    if r.verdict:
+        return r.verdict
+    return "result in" if r.status.value == "COMPLETED" else r.status.value.lower()
+
+
+def replicas_summary(replicas: Sequence[ReplicaOut]) -> str | None:
+    """A validated job's runs in one cell: ``3 (2 valid, 1 invalid)``, ``3 (1 awaiting quorum, 2
+    pending)``; a run without a verdict counts by its status (``1 running``)."""
+    if not replicas:
+        return None
+    counts = Counter(_replica_state(r) for r in replicas)
+    return f"{len(replicas)} ({', '.join(f'{n} {what}' for what, n in counts.items())})"
+
+
+def _utc(at: datetime) -> datetime:
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+
+
+def reliability_summary(rows: Sequence[ReliabilityOut], now: datetime | None = None) -> str | None:
+    """A host's reliability in one cell: ``trusted for 2 of 3 apps; quarantined for APP until
+    2026-11-26T14:00Z: REASON`` (the quarantines still running at ``now``, default the present)."""
+    if not rows:
+        return None
+    moment = _utc(now or datetime.now(UTC))
+    trusted = sum(1 for r in rows if r.trusted)
+    parts = [f"trusted for {trusted} of {len(rows)} app{'' if len(rows) == 1 else 's'}"]
+    for r in rows:
+        if r.quarantined_until is None or _utc(r.quarantined_until) <= moment:
+            continue
+        text = f"quarantined for {r.app} until {_utc(r.quarantined_until):%Y-%m-%dT%H:%MZ}"
+        why = " ".join((r.reason or "").split())
+        if why.lower().startswith("quarantined"):  # a reason that says it all (app, end) is shown alone
+            parts.append(why)
+        else:
+            parts.append(f"{text}: {why}" if why else text)
+    return "; ".join(parts)
+
+
+# Nested records shown as one summary cell in short, csv and table (as child elements in xml).
+SUMMARIES: dict[str, Callable[[Any], str | None]] = {
+    "validation": validation_summary,
+    "replicas": replicas_summary,
+    "reliability": reliability_summary,
+}
+# Their XML: field -> the element name of each record (one per list item).
+XML_CHILDREN = {"validation": "validation", "replicas": "replica", "reliability": "reliability"}
+
+
+def cell(name: str, value: Any) -> str | None:
+    """One field as text in short, csv and table: ``flat``, or the summary of a nested record."""
+    summary = SUMMARIES.get(name)
+    return summary(value) if summary is not None else flat(value)
+
+
 def fields(obj: BaseModel) -> dict[str, Any]:
     """The object's fields in declaration order."""
     return {name: getattr(obj, name) for name in type(obj).model_fields}
@@ -157,7 +263,7 @@ def format_short(kind: str, items: Sequence[BaseModel]) -> str:
     for obj in items:
         parts = []
         for name in KINDS[kind].short:
-            text = flat(getattr(obj, name))
+            text = cell(name, getattr(obj, name))
             if text is not None:
                 parts.append(f"{name.upper()}={_short_value(text)}")
         lines.append(", ".join(parts))
@@ -180,21 +286,43 @@ def format_csv(kind: str, items: Sequence[BaseModel]) -> str:
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(names)
     for obj in items:
-        writer.writerow([flat(getattr(obj, n)) or "" for n in names])
+        writer.writerow([cell(n, getattr(obj, n)) or "" for n in names])
     return buf.getvalue().rstrip("\n")
 
 
+def _xml_attrs(obj: BaseModel, skip: tuple[str, ...] = ()) -> str:
+    """An object's fields as XML attributes (None and empty lists left out)."""
+    attrs = []
+    for name, value in fields(obj).items():
+        if name in skip:
+            continue
+        text = flat(value)
+        if text is None or (isinstance(value, list) and not value):
+            continue
+        attrs.append(f"{xml_name(name)}={_xml_attr(text)}")
+    return " ".join(attrs)
+
+
+def _xml_children(obj: BaseModel) -> str:
+    """The nested records of an object (``XML_CHILDREN``) as empty elements, in field order."""
+    children: list[str] = []
+    for name, value in fields(obj).items():
+        tag = XML_CHILDREN.get(name)
+        if tag is None:
+            continue
+        records = value if isinstance(value, list) else [] if value is None else [value]
+        children.extend(f"<{tag} {_xml_attrs(record)} />" for record in records)
+    return "".join(children)
+
+
 def format_xml(kind: str, items: Sequence[BaseModel]) -> str:
-    """XWHEP's XML: the declaration, ``<get>``, one empty element per object, ``</get>``."""
+    """XWHEP's XML: the declaration, ``<get>``, one element per object, ``</get>``; an object's element is
+    empty unless it has nested records (``XML_CHILDREN``), which are then its children, on its line."""
     lines = [XML_HEADER, "<get>"]
     for obj in items:
-        attrs = []
-        for name, value in fields(obj).items():
-            text = flat(value)
-            if text is None or (isinstance(value, list) and not value):
-                continue
-            attrs.append(f"{xml_name(name)}={_xml_attr(text)}")
-        lines.append(f"<{kind} {' '.join(attrs)} />")
+        attrs = _xml_attrs(obj, skip=tuple(XML_CHILDREN))
+        children = _xml_children(obj)
+        lines.append(f"<{kind} {attrs}>{children}</{kind}>" if children else f"<{kind} {attrs} />")
     lines.append("</get>")
     return "\n".join(lines)
 
@@ -210,10 +338,12 @@ UNWRAPPED = 1 << 20  # "no width limit" for measuring a table
 def format_table(kind: str, items: Sequence[BaseModel], width: int | None = None) -> str:
     """A rich table of the most useful columns, as plain text: as wide as its cells unless ``width``
     is given (then long cells are wrapped by rich)."""
-    columns = KINDS[kind].columns
+    spec = KINDS[kind]
+    rows = [{c: cell(c, getattr(obj, c)) for c in (*spec.columns, *spec.optional)} for obj in items]
+    columns = [*spec.columns, *(c for c in spec.optional if any(row[c] for row in rows))]
     table = Table(*[HEADERS.get(c, c.upper()) for c in columns], box=None, pad_edge=False)
-    for obj in items:
-        table.add_row(*[flat(getattr(obj, c)) or "" for c in columns])
+    for row in rows:
+        table.add_row(*[row[c] or "" for c in columns])
     buf = io.StringIO()
     natural = width or Console(width=UNWRAPPED).measure(table).maximum
     Console(file=buf, width=natural, color_system=None, force_terminal=False).print(table)

@@ -11,12 +11,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, and_, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from common.enums import CPU, OS, JobStatus
 from common.jobstates import ACTIVE
 from common.schemas import HostOut, ReliabilityOut
+from server.authz import Actor, visible
 from server.db.models import App, Host, HostReliability, Job, UserGroup, utcnow
 from server.state import Services
 from server.views import owned
@@ -94,7 +95,9 @@ def alive_clause(svc: Services) -> Any:
     return Host.active.is_(True) & (Host.last_alive >= cutoff)
 
 
-async def host_rows(session: AsyncSession, svc: Services, rows: Sequence[Host]) -> list[HostOut]:
+async def host_rows(
+    session: AsyncSession, svc: Services, actor: Actor, rows: Sequence[Host]
+) -> list[HostOut]:
     """Hosts as lists show them: with the jobs each runs now, its project's label and its reliability
     per application (trust and quarantines, server/validation/reliability.py)."""
     uids = [h.uid for h in rows]
@@ -111,20 +114,26 @@ async def host_rows(session: AsyncSession, svc: Services, rows: Sequence[Host]) 
             select(UserGroup.uid, UserGroup.label).where(UserGroup.uid.in_(projects))
         )
         labels = {str(u): str(lab) for u, lab in found.all()}
-    trust = await reliability_of(session, uids)
+    trust = await reliability_of(session, actor, uids)
     return [
         host_out(h, svc, counts.get(h.uid, 0), labels.get(h.project_uid or ""), trust.get(h.uid, ()))
         for h in rows
     ]
 
 
-async def reliability_of(session: AsyncSession, hosts: Sequence[str]) -> dict[str, list[ReliabilityOut]]:
-    """Each host's standing per application it ran validated jobs of."""
+UNSEEN_APP = "an application you may not see"
+
+
+async def reliability_of(
+    session: AsyncSession, actor: Actor, hosts: Sequence[str]
+) -> dict[str, list[ReliabilityOut]]:
+    """Each host's standing per application it ran validated jobs of (an application ``actor`` may not
+    read is not named)."""
     if not hosts:
         return {}
     rows = await session.execute(
         select(HostReliability, App.name)
-        .join(App, App.uid == HostReliability.app_uid, isouter=True)
+        .join(App, and_(App.uid == HostReliability.app_uid, visible(actor, App)), isouter=True)
         .where(HostReliability.host_uid.in_(list(hosts)))
         .order_by(HostReliability.host_uid, App.name)
     )
@@ -134,7 +143,7 @@ async def reliability_of(session: AsyncSession, hosts: Sequence[str]) -> dict[st
         quarantined = r.quarantined_until is not None and r.quarantined_until > now
         out.setdefault(r.host_uid, []).append(
             ReliabilityOut(
-                app=name or r.app_uid,
+                app=name or UNSEEN_APP,
                 results=r.results,
                 valid_streak=r.valid_streak,
                 error_rate=round(r.error_rate, 4),

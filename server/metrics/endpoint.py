@@ -31,6 +31,7 @@ from server.metrics.database import DatabaseFigures
 from server.metrics.instruments import ServerMetrics
 from server.scheduler.writer import observe, observe_submissions
 from server.state import SERVICES, Services
+from server.validation.observers import observe_verdicts
 
 PATH = "/metrics"
 # The classic text format (our names need none of 1.0.0's escaping; every Prometheus version reads it).
@@ -45,9 +46,11 @@ def multiprocess() -> bool:
 
 
 def watch(factory_info: dict[str, object], metrics: ServerMetrics) -> None:
-    """Feed ``metrics`` from the status writer: every committed status change and submission."""
+    """Feed ``metrics`` from the status writer (every committed status change and submission) and from the
+    validator (every committed verdict)."""
     observe(factory_info, metrics.observe)
     observe_submissions(factory_info, metrics.jobs_submitted)
+    observe_verdicts(factory_info, metrics.verdicts_judged)
 
 
 class Exposition:

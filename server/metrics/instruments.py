@@ -8,6 +8,7 @@ are database state — jobs by status, workers alive — are read from the datab
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -37,6 +38,9 @@ assert FINAL == {COMPLETED, ERROR} and ACTIVE == {RUNNING, DATAREQUEST}, "observ
 OUTCOMES = {COMPLETED: "completed", ERROR: "error"}
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 UNMATCHED = "unmatched"  # the route of a request no route matched (its raw path is never a label)
+# The validator's verdicts on replicas (server/validation/): a bounded label set, anything else is "other".
+VERDICTS = ("valid", "invalid", "inconclusive", "trusted", "cancelled", "failed")
+OTHER_VERDICT = "other"
 
 
 class ServerMetrics:
@@ -93,10 +97,18 @@ class ServerMetrics:
             ["method", "route", "code"],
             registry=None,
         )
+        self.verdicts = Counter(
+            PREFIX + "validation_verdicts",
+            "Verdicts of the result validator on replicas (runs of validated jobs), by verdict.",
+            ["verdict"],
+            registry=None,
+        )
         self._completed = self.finished.labels(OUTCOMES[COMPLETED])
         self._errors = self.finished.labels(OUTCOMES[ERROR])
         self._triggers = {t: self.transitions.labels(t.value) for t in Trigger}
         self._requests: dict[tuple[str, str, str], Any] = {}  # bounded: methods x routes x classes
+        # every verdict's series exists from the start (at 0), so that a rate over it is defined at once
+        self._verdicts = {v: self.verdicts.labels(v) for v in (*VERDICTS, OTHER_VERDICT)}
 
     def collectors(self) -> list[Collector]:
         """Every instrument (what a single process registers for its scrapes)."""
@@ -111,6 +123,7 @@ class ServerMetrics:
             self.data_received,
             self.data_sent,
             self.requests,
+            self.verdicts,
         ]
 
     # --- fed by the status writer (server/scheduler/writer.py), after each commit -------------------------
@@ -155,6 +168,16 @@ class ServerMetrics:
     def jobs_submitted(self, count: int) -> None:
         """The status writer's submission observer: ``count`` jobs were stored."""
         self.submitted.inc(count)
+
+    # --- fed by the validator (server/validation/observers.py), after each commit ------------------------
+
+    def verdicts_judged(self, counts: Mapping[str, int]) -> None:
+        """The verdict observer: how many replicas got each verdict in one committed transaction (a verdict
+        outside ``VERDICTS`` counts as "other": no free text in a label)."""
+        other = self._verdicts[OTHER_VERDICT]
+        for verdict, n in counts.items():
+            if n > 0:
+                self._verdicts.get(verdict, other).inc(n)
 
     # --- fed by the HTTP layer -------------------------------------------------------------------------
 

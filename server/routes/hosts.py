@@ -140,5 +140,5 @@ async def list_hosts(request: web.Request) -> web.Response:
         stmt = stmt.where(alive_clause(svc))
     async with svc.readers() as session:
         rows, total, offset, limit = await paged(session, request, actor, Host, stmt, Host.name)
-        items = await host_rows(session, svc, rows)
+        items = await host_rows(session, svc, actor, rows)
     return reply(Page[HostOut](items=items, total=total, offset=offset, limit=limit))

@@ -326,8 +326,9 @@ async def workers(request: web.Request) -> dict[str, Any]:
     require_may_list(actor, "hosts")
     async with svc.readers() as session:
         stmt = select(Host).where(visible(actor, Host)).order_by(Host.name, Host.uid).limit(LIST_LIMIT)
-        hosts = await host_rows(session, svc, (await session.execute(stmt)).scalars().all())
-    return {"page": "workers", "hosts": hosts, "limit": LIST_LIMIT}
+        hosts = await host_rows(session, svc, actor, (await session.execute(stmt)).scalars().all())
+    trust = queries.host_trust(hosts)
+    return {"page": "workers", "hosts": hosts, "trust": trust, "limit": LIST_LIMIT}
 
 
 @ui.get("/apps")

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from common.enums import JobStatus, UserRights
 from common.errors import ValidationFailed
+from common.schemas import HostOut
 from common.uri import is_uid
 from server.authz import Actor, visible, visible_events
 from server.db.models import App, Attempt, Event, Host, Job, User, utcnow
@@ -212,3 +213,43 @@ async def hosts_alive(session: AsyncSession, actor: Actor, alive: ColumnElement[
     total = (await session.execute(select(func.count()).select_from(Host).where(rule))).scalar_one()
     live = (await session.execute(select(func.count()).select_from(Host).where(rule, alive))).scalar_one()
     return int(live), int(total)
+
+
+@dataclass(frozen=True)
+class Quarantine:
+    """An application a host may not run for now, and why."""
+
+    app: str  # its name, or a placeholder when the viewer may not read it
+    until: datetime
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class Trust:
+    """A host's reliability at a glance: of the applications it ran validated jobs of, for how many it is
+    trusted (adaptive validation runs their jobs once on it), and its quarantines still running."""
+
+    apps: int
+    trusted: int
+    quarantines: list[Quarantine]
+
+
+def host_trust(hosts: Sequence[HostOut], now: datetime | None = None) -> dict[str, Trust]:
+    """The ``Trust`` of each host that has reliability records, from what the host list already holds
+    (``HostOut.reliability``: applications the viewer may not read are not named there). A quarantined
+    host is not counted as trusted for that app."""
+    moment = now or utcnow()
+    out: dict[str, Trust] = {}
+    for h in hosts:
+        if not h.reliability:
+            continue
+        quarantines = sorted(
+            (
+                Quarantine(r.app, r.quarantined_until, r.reason)
+                for r in h.reliability
+                if r.quarantined_until is not None and r.quarantined_until > moment
+            ),
+            key=lambda q: (q.until, q.app),
+        )
+        out[h.uid] = Trust(len(h.reliability), sum(1 for r in h.reliability if r.trusted), quarantines)
+    return out

@@ -253,3 +253,24 @@ async def test_a_label_is_unique_among_the_owners_jobs(
     taken = await xw(xwsubmit, alice, "hello", "--xwargfile", str(argfile), "--xwlabel", "run1", expect=1)
     assert error_line(taken.stderr, "xwsubmit").startswith(f"{argfile}, line 2: label 'run1' is taken by")
     assert [j.uid for j in await api.jobs()] == [first]
+
+
+async def test_xwreplica_round_trips(grid, tmp_path, xw, user_conf) -> None:  # type: ignore[no-untyped-def]
+    """`xwsubmit --xwreplica 3` is stored as 3 copies validated by a majority, and xwworks shows the
+    policy and the copies in json and xml (no worker here: they stay queued)."""
+    alice, _ = await user_conf("alice")
+    await send_script_app(xw, alice, tmp_path)
+    job_uid = uid_of((await xw(xwsubmit, alice, "hello", "--xwreplica", "3", "x")).stdout)
+    (job,) = json.loads((await xw(xwworks, alice, job_uid, "--xwformat", "json")).stdout)
+    assert job["status"] == "REPLICATING"
+    assert job["validation"]["policy"] == "quorum"
+    assert (job["validation"]["quorum"], job["validation"]["replicas"]) == (2, 3)
+    assert [r["status"] for r in job["replicas"]] == ["PENDING"] * 3
+    root = ET.fromstring((await xw(xwworks, alice, "--xwformat", "xml", job_uid)).stdout.encode())
+    (work,) = list(root)
+    assert sorted(r.attrib["uid"] for r in work.iter("replica")) == sorted(r["uid"] for r in job["replicas"])
+    listed = json.loads((await xw(xwworks, alice, "--xwformat", "json")).stdout)
+    assert [j["uid"] for j in listed] == [job_uid]  # the copies are not jobs of their own in lists
+    once = uid_of((await xw(xwsubmit, alice, "hello", "--xwreplica", "1", "y")).stdout)
+    (plain,) = json.loads((await xw(xwworks, alice, once, "--xwformat", "json")).stdout)
+    assert plain["status"] == "PENDING" and plain["validation"] is None and plain["replicas"] == []

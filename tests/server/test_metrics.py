@@ -12,14 +12,19 @@ from typing import Any
 
 import aiohttp
 import pytest
+from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import text
 
 from common.enums import JobStatus
 from common.jobstates import FINAL
 from common.schemas import JobIn
-from server.metrics.endpoint import EXPOSITION
+from server.db.engine import make_engine, make_sessionmaker
+from server.metrics.endpoint import EXPOSITION, watch
+from server.metrics.instruments import OTHER_VERDICT, VERDICTS, ServerMetrics
 from server.settings import load_settings
+from server.validation.observers import VERDICT_OBSERVERS, note_verdicts
 from tests.conftest import PASSWORD, Grid
 from tests.grid.conftest import local_grid  # noqa: F401  (the fixture: a server and two real workers)
 from tests.server.test_processes import cluster, setup_grid, until  # noqa: F401  (cluster: a fixture)
@@ -257,3 +262,58 @@ async def test_frequent_scrapes_read_the_database_once_per_ttl(grid: Grid) -> No
     figures.ttl = 0.0  # as if 5 s had passed
     await scrape(grid)
     assert figures.reads == first + 1
+
+
+# --- the validator's verdicts (unit: no server) ---------------------------------------------------------
+
+
+def verdict_counts(metrics: ServerMetrics) -> dict[str, float]:
+    """xwhep_validation_verdicts_total by verdict, as a scrape reads it."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(metrics.verdicts)
+    name = "xwhep_validation_verdicts_total"
+    return {v: registry.get_sample_value(name, {"verdict": v}) or 0.0 for v in (*VERDICTS, OTHER_VERDICT)}
+
+
+def test_verdicts_are_counted_by_verdict_and_unknown_ones_as_other() -> None:
+    metrics = ServerMetrics()
+    info: dict[str, Any] = {}
+    watch(info, metrics)  # as the server's start-up does
+    assert metrics.verdicts in metrics.collectors()
+    assert set(verdict_counts(metrics).values()) == {0.0}  # every series exists from the start
+    (observer,) = info[VERDICT_OBSERVERS]
+    observer({"valid": 2, "invalid": 1, "inconclusive": 1})
+    observer({"valid": 1, "trusted": 3, "cancelled": 1, "failed": 2, "whatever a bug says": 4, "x" * 500: 1})
+    observer({"valid": 0})
+    assert verdict_counts(metrics) == {
+        "valid": 3.0,
+        "invalid": 1.0,
+        "inconclusive": 1.0,
+        "trusted": 3.0,
+        "cancelled": 1.0,
+        "failed": 2.0,
+        "other": 5.0,
+    }
+
+
+async def test_verdicts_are_counted_once_their_transaction_commits(tmp_path: Path) -> None:
+    metrics = ServerMetrics()
+    info: dict[str, Any] = {}
+    watch(info, metrics)
+    engine = make_engine(f"sqlite+aiosqlite:///{tmp_path / 'v.db'}")
+    sessions = make_sessionmaker(engine, info)
+    try:
+        async with sessions() as session, session.begin():
+            await session.execute(text("SELECT 1"))
+            note_verdicts(session, {"valid": 2})
+            note_verdicts(session, {"valid": 1, "invalid": 1})
+            assert verdict_counts(metrics)["valid"] == 0.0  # not before the commit
+        assert (verdict_counts(metrics)["valid"], verdict_counts(metrics)["invalid"]) == (3.0, 1.0)
+        with pytest.raises(RuntimeError):
+            async with sessions() as session, session.begin():
+                await session.execute(text("SELECT 1"))
+                note_verdicts(session, {"trusted": 5})
+                raise RuntimeError("rolled back")
+        assert verdict_counts(metrics)["trusted"] == 0.0  # a rolled-back verdict never counts
+    finally:
+        await engine.dispose()

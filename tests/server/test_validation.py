@@ -21,7 +21,7 @@ from client.api import XWClient
 from common.enums import JobStatus, UserRights
 from common.errors import NotFound, ValidationFailed, XWError
 from common.schemas import AppIn, DataIn, HostIn, InlineResult, JobIn, JobOut, Validation
-from server.db.models import Event, HostReliability, Job
+from server.db.models import Event, HostReliability
 from server.state import SERVICES
 from tests.conftest import PASSWORD
 
@@ -307,7 +307,7 @@ async def test_a_host_cannot_read_its_siblings(setup: Setup) -> None:
     a, b = await setup.host("a"), await setup.host("b")
     assert await a.run("mine\n")
     await setup.status(job, JobStatus.VALIDATING)
-    sibling = [r for r in (await setup.user.get_job(job)).replicas if r.host == a.uid][0]
+    sibling = next(r for r in (await setup.user.get_job(job)).replicas if r.host == a.uid)
     for look in (lambda: b.xw.get_job(sibling.uid), lambda: b.xw.get_job(job)):
         with pytest.raises(NotFound):
             await look()
