@@ -72,7 +72,7 @@ async def submit(request: web.Request) -> web.Response:
     async with svc.sessions() as session, session.begin():
         done = await submission.submit(session, actor, [body], batch=False)
     svc.wakeups.jobs_pending(done.pending)
-    return reply(job_out(done.job(0)), status=201)
+    return reply(job_out(done.job(0), done.replicas(0)), status=201)
 
 
 @routes.add(

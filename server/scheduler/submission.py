@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Collection, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from operator import itemgetter
 from typing import Any
@@ -36,7 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from common.enums import AppType, DataStatus, JobStatus
 from common.errors import Conflict, NotFound, ValidationFailed, XWError
 from common.rights import Perm, parse_mode
-from common.schemas import JobIn, Validation
+from common.schemas import JobIn, ReplicaOut, Validation
 from server.authz import Actor, can_raw, default_rights, require, require_may_insert
 from server.db.models import App, Data, Event, Job, JobRef, table_of, utcnow
 from server.scheduler.matching import platforms_of
@@ -85,6 +85,7 @@ class Submitted:
     jobs: Sequence[JobIn]
     rows: list[dict[str, Any]]
     pending: int
+    replica_rows: list[dict[str, Any]] = field(default_factory=list)  # validated jobs' first replicas
 
     @property
     def uids(self) -> list[str]:
@@ -98,6 +99,15 @@ class Submitted:
         lists = {"env": list(job.env), "inputs": list(job.inputs), "listen_ports": list(job.listen_ports)}
         policy = json.loads(row["validation_json"]) if row.get("validation_json") else None
         return Job(**columns, **lists, forward_addresses=forwards, validation=policy)
+
+    def replicas(self, index: int) -> list[ReplicaOut]:
+        """Job ``index``'s first replicas, as the wire shows them."""
+        uid = self.rows[index]["uid"]
+        return [
+            ReplicaOut(uid=r["uid"], status=JobStatus(r["status"]))
+            for r in self.replica_rows
+            if r["replica_of"] == uid
+        ]
 
 
 @dataclass(frozen=True)
@@ -358,7 +368,7 @@ async def submit(session: AsyncSession, actor: Actor, jobs: Sequence[JobIn], *, 
     await insert_many(session, insert(JOB_REFS), ref_rows)
     await insert_many(session, insert(EVENTS), event_rows + replica_events(actor, replica_rows))
     note_submitted(session, len(job_rows))  # the metrics count them once the transaction commits
-    return Submitted(jobs, job_rows, pending)
+    return Submitted(jobs, job_rows, pending, replica_rows)
 
 
 async def insert_many(session: AsyncSession, stmt: Insert, rows: list[dict[str, Any]]) -> None:

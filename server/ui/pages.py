@@ -36,6 +36,7 @@ from server.ui.web import (
     web_session,
 )
 from server.ui.web import public as public_route
+from server.validation.replication import replicas_out
 
 ui = web.RouteTableDef()
 LIST_LIMIT = 200
@@ -238,6 +239,7 @@ async def _job_context(request: web.Request) -> dict[str, Any]:
         require(actor, job, Perm.READ, "job")
         events = await queries.timeline(session, actor, uid)
         runs = await queries.attempts(session, uid)
+        replicas = (await replicas_out(session, [job])).get(job.uid, [])
         apps, owners = await queries.names(session, [job])
     return {
         "page": "jobs",
@@ -246,6 +248,7 @@ async def _job_context(request: web.Request) -> dict[str, Any]:
         "owner_name": owners.get(job.owner_uid or "", job.owner_uid),
         "events": events,
         "attempts": runs,
+        "replicas": replicas,  # a validated job's runs and their verdicts
         "may_hold": jobcontrol.may_hold(actor, job),
         "may_release": jobcontrol.may_release(actor, job),
         "may_delete": jobcontrol.may_delete(actor, job),

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from playwright.async_api import expect
 
-from common.schemas import JobIn
+from common.schemas import JobIn, Validation
 from tests.conftest import PASSWORD
 from tests.ui.conftest import csrf_of, new_page, script_app, session_cookie, sign_in
 
@@ -124,3 +124,17 @@ async def test_a_password_change_ends_web_sessions(grid, browser_for) -> None:  
     await grid.admin.patch_user(me.uid, UserPatch(password="another horse battery"))
     await page.goto(f"{grid.url}/ui/jobs")
     assert "/ui/login" in page.url
+
+
+async def test_a_validated_jobs_page_shows_its_replicas(grid, browser_for, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    alice = await grid.add_user("alice")
+    app = await script_app(alice, tmp_path, "sim", "echo 42\n")
+    job = await alice.submit(JobIn(app=app, label="checked", validation=Validation.copies(3)))
+    page = await new_page(await browser_for(grid))
+    await sign_in(page, grid.url, "alice", PASSWORD)
+    await page.goto(f"{grid.url}/ui/jobs/{job.uid}")
+    await expect(page.locator("[data-status]")).to_have_text("REPLICATING")
+    await expect(page.locator("p.policy")).to_contain_text("quorum: 2 agreeing results")
+    await expect(page.locator("table.replicas tbody tr")).to_have_count(3)
+    await page.goto(f"{grid.url}/ui/jobs")
+    assert job.replicas[0].uid not in await page.content()  # replicas are not jobs of the list
