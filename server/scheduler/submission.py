@@ -354,7 +354,8 @@ async def submit(session: AsyncSession, actor: Actor, jobs: Sequence[JobIn], *, 
         ref_rows.extend(
             {"job_uid": r, "data_uid": d} for r in [uid, *(x["uid"] for x in replicas)] for d in job_refs
         )
-        event_rows.append({**submit_event, "object_uid": uid, "to_status": status, "reason": app.submitted})
+        why = f"{app.submitted}, validated: {len(replicas)} replica(s) started" if replicas else app.submitted
+        event_rows.append({**submit_event, "object_uid": uid, "to_status": status, "reason": why})
 
     try:
         await insert_many(session, INSERT_JOBS, job_rows + replica_rows)
