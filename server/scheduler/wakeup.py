@@ -37,12 +37,24 @@ T = TypeVar("T")
 MAX_LOOKS = 200_000  # hosts whose last empty look is remembered (past it, all are forgotten: they query)
 
 
+class _Parked:
+    """One parked request: its future, and whether it is counted among the stale ones, or was dropped
+    from the queue (by a compaction or a wake) before its waiter noticed it had ended."""
+
+    __slots__ = ("dropped", "fut", "stale")
+
+    def __init__(self, fut: asyncio.Future[int]) -> None:
+        self.fut = fut
+        self.stale = False
+        self.dropped = False
+
+
 class Waiters:
     """Parked work requests of this process, oldest first."""
 
     def __init__(self) -> None:
-        self._parked: deque[asyncio.Future[int]] = deque()
-        self._stale = 0  # futures in the deque that timed out or were cancelled
+        self._parked: deque[_Parked] = deque()
+        self._stale = 0  # entries in the deque whose request timed out or was cancelled
         self.woken = 0  # wake-ups handed out since start (each costs its waiter one claim query)
 
     def __len__(self) -> int:
@@ -51,7 +63,8 @@ class Waiters:
     async def wait(self, timeout: float) -> int:
         """Park until woken (returns the wake's remaining pass-on budget, >= 1) or ``timeout`` (0)."""
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._parked.append(fut)
+        entry = _Parked(fut)
+        self._parked.append(entry)
         try:
             async with asyncio.timeout(timeout):
                 return await fut
@@ -60,7 +73,11 @@ class Waiters:
         finally:
             if not fut.done():
                 fut.cancel()
-            if fut.cancelled():
+            # Many waits can end in one loop iteration (a fleet's long-polls timing out together): a
+            # compaction run by the first may already have dropped the others' entries, which must then
+            # not be counted as stale (they are no longer in the queue).
+            if fut.cancelled() and not entry.dropped:
+                entry.stale = True
                 self._stale += 1
                 if self._stale > 64 and self._stale * 2 > len(self._parked):
                     self._compact()
@@ -69,18 +86,29 @@ class Waiters:
         """Wake up to ``n`` parked requests, oldest first; how many were woken."""
         woken = 0
         while woken < n and self._parked:
-            fut = self._parked.popleft()
-            if fut.done():
-                self._stale -= 1
+            entry = self._parked.popleft()
+            if entry.fut.done():
+                self._drop(entry)
                 continue
-            fut.set_result(max(1, budget))
+            entry.fut.set_result(max(1, budget))
             woken += 1
         self.woken += woken
         return woken
 
+    def _drop(self, entry: _Parked) -> None:
+        """``entry`` (ended) leaves the queue: uncount it, or tell its waiter not to count it."""
+        if entry.stale:
+            self._stale -= 1
+        entry.dropped = True
+
     def _compact(self) -> None:
-        self._parked = deque(f for f in self._parked if not f.done())
-        self._stale = 0
+        kept: deque[_Parked] = deque()
+        for entry in self._parked:
+            if entry.fut.done():
+                self._drop(entry)
+            else:
+                kept.append(entry)
+        self._parked = kept
 
 
 class Wakeups:
