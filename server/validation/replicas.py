@@ -10,6 +10,7 @@ statement.
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -20,7 +21,11 @@ from common.uri import new_uid
 from server.authz import Actor
 from server.scheduler.writer import event
 
-TICK = timedelta(microseconds=1)
+# Replicas are queued at a random point within this much after their job's own place: replicas of
+# neighbouring jobs interleave, so a worker claiming several at once gets copies of unrelated jobs and
+# two hosts seldom meet on more than one (queued side by side, the same pair of hosts would judge each
+# other on a whole block of jobs at once: colluders agree a block, an honest host is outvoted on one).
+SPREAD_US = 10_000
 # The columns a submitted job's row sets (and so a replica's): the rest start NULL.
 COLUMNS = (
     "uid owner_uid group_uid access_rights created modified app_uid args env_json stdin_uid inputs_json "
@@ -46,8 +51,8 @@ def encoded(policy: Validation | None) -> str | None:
 def replica_rows(
     job: Mapping[str, Any], uids: Sequence[str], created: datetime, *, hr_class: str | None
 ) -> list[dict[str, Any]]:
-    """Rows for replicas ``uids`` of ``job`` (a row in INSERT_JOBS shape), queued at ``created``
-    onwards (a job's replicas come before jobs queued after it)."""
+    """Rows for replicas ``uids`` of ``job`` (a row in INSERT_JOBS shape), queued at ``created`` plus a
+    random spread of up to SPREAD_US microseconds each."""
     base = {k: v for k, v in job.items() if k not in NOT_COPIED}
     base.update(
         label=None,
@@ -66,8 +71,14 @@ def replica_rows(
         net_out=0,
     )
     return [
-        {**base, "uid": uid, "replica_of": job["uid"], "created": created + i * TICK, "modified": created}
-        for i, uid in enumerate(uids)
+        {
+            **base,
+            "uid": uid,
+            "replica_of": job["uid"],
+            "created": created + timedelta(microseconds=random.randrange(SPREAD_US)),
+            "modified": created,
+        }
+        for uid in uids
     ]
 
 
