@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.db.models import App, Host, HostReliability, table_of
@@ -141,7 +141,19 @@ async def _app_names(session: AsyncSession, apps: set[str]) -> dict[str, str]:
     return {uid: name for uid, name in rows}
 
 
+_COLUMNS = (
+    "results",
+    "invalid",
+    "valid_streak",
+    "error_rate",
+    "trusted_since",
+    "quarantined_until",
+    "reason",
+)
+
+
 async def _store(session: AsyncSession, current: Mapping[tuple[str, str], Standing], now: datetime) -> None:
+    """Write the standings (one executemany for those that exist, one for the new ones)."""
     table = table_of(HostReliability)
     keys = list(current)
     existing = {
@@ -152,23 +164,32 @@ async def _store(session: AsyncSession, current: Mapping[tuple[str, str], Standi
             )
         )
     }
-    for (host, app), s in current.items():
-        values = {
-            "results": s.results,
-            "invalid": s.invalid,
-            "valid_streak": s.valid_streak,
-            "error_rate": s.error_rate,
-            "trusted_since": s.trusted_since,
-            "quarantined_until": s.quarantined_until,
-            "reason": s.reason,
-            "updated": now,
+    rows = [
+        {"k_host": h, "k_app": a, "updated": now, **{c: getattr(s, c) for c in _COLUMNS}}
+        for (h, a), s in current.items()
+    ]
+    changed = [r for r in rows if (r["k_host"], r["k_app"]) in existing]
+    if changed:
+        await session.execute(_UPDATE, changed)
+    new = [
+        {
+            "host_uid": r["k_host"],
+            "app_uid": r["k_app"],
+            **{k: v for k, v in r.items() if not k.startswith("k_")},
         }
-        if (host, app) in existing:
-            await session.execute(
-                update(table).where(table.c.host_uid == host, table.c.app_uid == app).values(**values)
-            )
-        else:
-            await session.execute(table.insert().values(host_uid=host, app_uid=app, **values))
+        for r in rows
+        if (r["k_host"], r["k_app"]) not in existing
+    ]
+    if new:
+        await session.execute(insert(table), new)
+
+
+_T = table_of(HostReliability)
+_UPDATE = (
+    update(_T)
+    .where(_T.c.host_uid == bindparam("k_host"), _T.c.app_uid == bindparam("k_app"))
+    .values({c: bindparam(c) for c in (*_COLUMNS, "updated")})
+)
 
 
 async def _quarantine_host(

@@ -25,7 +25,7 @@ import logging
 import random
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -60,6 +60,7 @@ PENDING_VERDICT = "pending"  # its result is in, the quorum is not
 CANCELLED = "cancelled"  # not needed any more (its job was decided or held), or it came too late
 FAILED = "failed"  # it ended without a result
 TRUSTED = "trusted"  # accepted alone, on its host's trust
+OPEN_VERDICTS = (None, PENDING_VERDICT)  # a result not judged for good
 _UNJUDGED = select(JOBS.c.replica_of).where(text(UNJUDGED)).distinct().limit(BATCH)
 _SET_VERDICT_ONLY = (
     update(JOBS).where(JOBS.c.uid == bindparam("w_uid")).values(verdict=bindparam("v_verdict"))
@@ -220,108 +221,214 @@ async def judge(
     rng: Callable[[], float] = random.random,
 ) -> int:
     """Judge the validated jobs ``parents`` (the replicas of those not validating any more are marked
-    as not needed); how many replicas were started."""
+    as not needed); how many replicas were started. Reads and writes go in batches for all of them:
+    one query for their replicas, one for the results' contents, one for the hosts' standings, one
+    executemany per kind of write."""
     stmt = select(JOBS).where(JOBS.c.uid.in_(list(parents))).order_by(JOBS.c.uid)
     if session.bind is not None and session.bind.dialect.name == "postgresql":
         stmt = stmt.with_for_update(skip_locked=True)  # another process judges the rest
     jobs = (await session.execute(stmt)).all()
     replicas = await _replicas(session, [j.uid for j in jobs])
-    started = 0
-    for job in jobs:
-        started += await _judge_one(session, actor, job, store, rng(), replicas[job.uid])
+    batch = _Batch(actor)
+    cases = [c for j in jobs if (c := _case(batch, j, replicas[j.uid])) is not None]
+    await _load(session, store, cases)
+    await _trust(session, cases)
+    for case in cases:
+        _decide(batch, case, rng())
     found = {j.uid for j in jobs}
     missing = [p for p in parents if p not in found]
     if missing:  # deleted (their replicas go with them), or locked by another process (it judges them)
         exist = set((await session.execute(select(JOBS.c.uid).where(JOBS.c.uid.in_(missing)))).scalars())
         orphans = await _replicas(session, [p for p in missing if p not in exist])
-        await _set_verdicts(session, [(r, CANCELLED) for rs in orphans.values() for r in _ended(rs)])
-    return started
+        batch.verdicts += [(r, CANCELLED) for rs in orphans.values() for r in _ended(rs)]
+    return await batch.flush(session)
 
 
 def _ended(replicas: Sequence[_Replica]) -> list[_Replica]:
     return [r for r in replicas if r.row.verdict is None and r.status in FINAL]
 
 
-async def _judge_one(
-    session: AsyncSession,
-    actor: Actor | None,
-    job: Any,
-    store: DataStore | None,
-    draw: float,
-    replicas: Sequence[_Replica],
-) -> int:
+@dataclass
+class _Case:
+    """A validated job being judged, and its replicas sorted by what became of them."""
+
+    job: Any
+    policy: Validation
+    comparator: comparators.Comparator
+    replicas: Sequence[_Replica]
+    done: list[_Replica]  # results in, not judged for good
+    failed: list[_Replica]  # ended without a result
+    outstanding: list[_Replica]  # queued or running
+    made: int  # replicas that count as attempts (all but cancelled ones)
+    trusted: bool = False  # adaptive: its one result comes from a host trusted for the app
+
+    @property
+    def new(self) -> list[_Replica]:
+        return [r for r in self.done if r.row.verdict is None]
+
+
+@dataclass
+class _Batch:
+    """The writes of one judging pass, done together by :meth:`flush`."""
+
+    actor: Actor | None
+    verdicts: list[tuple[_Replica, str]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    moves: dict[Trigger, list[Move]] = field(default_factory=dict)
+    cancels: list[tuple[Any, str]] = field(default_factory=list)  # replica rows, why
+    spawns: list[tuple[Any, int, str, list[Any]]] = field(default_factory=list)
+    judged: dict[int, list[tuple[str, str, bool]]] = field(default_factory=dict)  # by trust_after
+    accepted: set[str] = field(default_factory=set)
+
+    def move(self, job: Any, trigger: Trigger, reason: str, values: dict[str, Any] | None = None) -> None:
+        self.moves.setdefault(trigger, []).append(Move(_seen(job), reason, values))
+
+    def verdict(self, job: Any, r: _Replica, verdict: str, *, event: bool = True) -> None:
+        self.verdicts.append((r, verdict))
+        if event:
+            self.events.append(_verdict_event(self.actor, job, r, verdict))
+
+    async def flush(self, session: AsyncSession) -> int:
+        await _set_verdicts(session, self.verdicts)
+        await insert_events(session, self.events)
+        counted = Counter(v for _, v in self.verdicts if v != PENDING_VERDICT)
+        if counted:
+            note_verdicts(session, counted)
+        for trigger, moves in self.moves.items():  # the jobs are locked: one executemany per shape
+            await transition_many(session, moves, trigger, actor=self.actor, locked=True)
+        for why in dict.fromkeys(w for _, w in self.cancels):
+            await cancel(session, self.actor, [r for r, w in self.cancels if w == why], why)
+        started = 0
+        for job, count, why, siblings in self.spawns:
+            started += len(await spawn(session, self.actor, job, count, why, siblings))
+        for trust_after, judged in self.judged.items():
+            outcomes = await reliability.record(session, judged, utcnow(), trust_after=trust_after)
+            for host, app, out in outcomes:
+                if out.lost_trust is not None:
+                    started += await recheck(
+                        session, self.actor, host, app, out.lost_trust, exclude=self.accepted
+                    )
+        return started
+
+
+def _case(batch: _Batch, job: Any, replicas: Sequence[_Replica]) -> _Case | None:
+    """The job as the validator sees it, or None when there is nothing to decide (its replicas that
+    ended are marked)."""
     status = JobStatus(job.status)
     if status is JobStatus.WAITING:  # held: failures are marked, results wait for the release
-        await _set_verdicts(session, [(r, FAILED) for r in _ended(replicas) if r.status is JobStatus.ERROR])
-        return 0
+        for r in _ended(replicas):
+            if r.status is JobStatus.ERROR:
+                batch.verdict(job, r, FAILED, event=False)
+        return None
     if status not in VALIDATION:  # decided or failed meanwhile: what ends now was not needed
-        await _set_verdicts(session, [(r, CANCELLED) for r in _ended(replicas)])
-        return 0
+        for r in _ended(replicas):
+            batch.verdict(job, r, CANCELLED, event=False)
+        return None
     policy = Validation(**job.validation)
+    outstanding = [r for r in replicas if r.status in OUTSTANDING]
     try:
         comparator = comparators.load(policy.comparator)
     except ValueError as err:  # uninstalled since the job was submitted: nothing can judge it
-        await transition(session, _seen(job), Trigger.FAIL, actor=actor, reason=f"cannot validate: {err}")
-        await cancel(session, actor, [r.row for r in replicas if r.status in OUTSTANDING], "job failed")
-        return 0
-    done = [
-        r for r in replicas if r.status is JobStatus.COMPLETED and r.row.verdict in (None, PENDING_VERDICT)
-    ]
-    failed = [r for r in replicas if r.status is JobStatus.ERROR and r.row.verdict != CANCELLED]
-    outstanding = [r for r in replicas if r.status in OUTSTANDING]
-    made = sum(1 for r in replicas if r.row.verdict != CANCELLED)
-    new = [r for r in done if r.row.verdict is None]
-    await _load(session, store, done, need_content=policy.comparator != "bitwise")
-    groups = _group(done, policy, comparator)
-    trusted = False
-    if policy.policy == "adaptive" and len(done) == 1 and made == 1:
-        key = (done[0].row.host_uid, job.app_uid)
-        trusted = (await reliability.standings(session, [key]))[key].trusted(utcnow())
-    decision = decide(
-        Situation(
-            policy,
-            [[Result(r.uid, r.owner) for r in g] for g in groups],
-            len(outstanding),
-            made,
-            trusted_host=trusted,
-            spot_draw=draw,
-            failed=len(failed),
-        )
+        batch.move(job, Trigger.FAIL, f"cannot validate: {err}")
+        batch.cancels += [(r.row, "job failed") for r in outstanding]
+        return None
+    return _Case(
+        job,
+        policy,
+        comparator,
+        replicas,
+        done=[
+            r
+            for r in replicas
+            if r.status is JobStatus.COMPLETED and r.row.verdict in (None, PENDING_VERDICT)
+        ],
+        failed=[r for r in replicas if r.status is JobStatus.ERROR and r.row.verdict != CANCELLED],
+        outstanding=outstanding,
+        made=sum(1 for r in replicas if r.row.verdict != CANCELLED),
     )
-    await _set_verdicts(session, [(r, FAILED) for r in failed if r.row.verdict is None])
-    if decision.action is Action.ACCEPT:
-        by_uid = {r.uid: r for r in replicas}
-        group = [by_uid[x.replica] for x in decision.accepted]
-        await _accept(session, actor, job, decision, group, done, outstanding, comparator, policy)
-        return 0
-    if decision.action is Action.GIVE_UP:
-        verdicts = [(r, Verdict.INCONCLUSIVE.value) for r in done]
-        await _set_verdicts(session, verdicts)
-        await insert_events(session, [_verdict_event(actor, job, r, v) for r, v in verdicts])
-        note_verdicts(session, Counter(v for _, v in verdicts))
-        await transition(session, _seen(job), Trigger.FAIL, actor=actor, reason=decision.reason)
-        return 0
-    await _set_verdicts(session, [(r, PENDING_VERDICT) for r in new])
-    await insert_events(session, [_verdict_event(actor, job, r, PENDING_VERDICT) for r in new])
-    target = JobStatus.INCONCLUSIVE if decision.disagree else JobStatus.VALIDATING if done else status
-    if target is not status:
-        trigger = Trigger.DISAGREE if target is JobStatus.INCONCLUSIVE else Trigger.VALIDATE
-        await transition(session, _seen(job), trigger, actor=actor, reason=decision.reason)
-    if decision.action is Action.MORE:
-        siblings = [r.row for r in replicas]
-        return len(await spawn(session, actor, job, decision.spawn, decision.reason, siblings))
-    return 0
 
 
-async def _load(
-    session: AsyncSession, store: DataStore | None, done: Sequence[_Replica], *, need_content: bool
-) -> None:
-    """Digests of new results, and the contents when the comparator needs more than digests."""
-    wanted = [r for r in done if need_content or r.digest is None]
+async def _load(session: AsyncSession, store: DataStore | None, cases: Sequence[_Case]) -> None:
+    """Digests of new results, and contents where the comparator needs more than digests (one read
+    for all the jobs)."""
+    wanted = [r for c in cases for r in c.done if c.policy.comparator != "bitwise" or r.digest is None]
     raw = await _contents(session, store, [r.row.result_uid for r in wanted])
     for r in wanted:
         r.content = _content(raw.get(r.row.result_uid), r.row.return_code)
         r.digest = r.content.digest
+
+
+async def _trust(session: AsyncSession, cases: Sequence[_Case]) -> None:
+    """Adaptive jobs with one result so far: whether its host is trusted for the app (one read)."""
+    singles = [c for c in cases if c.policy.policy == "adaptive" and len(c.done) == 1 and c.made == 1]
+    keys = [(c.done[0].row.host_uid, c.job.app_uid) for c in singles]
+    standing = await reliability.standings(session, keys)
+    now = utcnow()
+    for c, key in zip(singles, keys, strict=True):
+        c.trusted = standing[key].trusted(now)
+
+
+def _decide(batch: _Batch, c: _Case, draw: float) -> None:
+    job, status = c.job, JobStatus(c.job.status)
+    groups = _group(c.done, c.policy, c.comparator)
+    decision = decide(
+        Situation(
+            c.policy,
+            [[Result(r.uid, r.owner) for r in g] for g in groups],
+            len(c.outstanding),
+            c.made,
+            trusted_host=c.trusted,
+            spot_draw=draw,
+            failed=len(c.failed),
+        )
+    )
+    for r in c.failed:
+        if r.row.verdict is None:
+            batch.verdict(job, r, FAILED, event=False)
+    if decision.action is Action.ACCEPT:
+        by_uid = {r.uid: r for r in c.replicas}
+        _accept(batch, c, decision, [by_uid[x.replica] for x in decision.accepted])
+        return
+    if decision.action is Action.GIVE_UP:
+        for r in c.done:
+            batch.verdict(job, r, Verdict.INCONCLUSIVE.value)
+        batch.move(job, Trigger.FAIL, decision.reason)
+        return
+    for r in c.new:
+        batch.verdict(job, r, PENDING_VERDICT)
+    target = JobStatus.INCONCLUSIVE if decision.disagree else JobStatus.VALIDATING if c.done else status
+    if target is not status:
+        trigger = Trigger.DISAGREE if target is JobStatus.INCONCLUSIVE else Trigger.VALIDATE
+        batch.move(job, trigger, decision.reason)
+    if decision.action is Action.MORE:
+        batch.spawns.append((job, decision.spawn, decision.reason, [r.row for r in c.replicas]))
+
+
+def _accept(batch: _Batch, c: _Case, decision: Decision, group: Sequence[_Replica]) -> None:
+    job, head = c.job, group[0]
+    in_group = {r.uid for r in group}
+    judged = batch.judged.setdefault(c.policy.trust_after, [])
+    for r in c.done:
+        if r.uid in in_group:
+            verdict = TRUSTED if decision.trusted else Verdict.VALID.value
+        else:
+            v = _agree(head, r, c.policy, c.comparator)
+            verdict = Verdict.INCONCLUSIVE.value if v is Verdict.INCONCLUSIVE else Verdict.INVALID.value
+        batch.verdict(job, r, verdict)
+        if verdict in (Verdict.VALID.value, Verdict.INVALID.value) and r.row.host_uid is not None:
+            judged.append((r.row.host_uid, job.app_uid, verdict == Verdict.VALID.value))
+    batch.move(
+        job,
+        Trigger.COMPLETE,
+        f"{decision.reason}: result of replica {head.uid}",
+        {
+            "result_uid": head.row.result_uid,
+            "return_code": head.row.return_code,
+            "host_uid": head.row.host_uid,
+        },
+    )
+    batch.cancels += [(r.row, f"not needed: job {job.uid} was validated") for r in c.outstanding]
+    batch.accepted.add(job.uid)
 
 
 async def _set_verdicts(session: AsyncSession, items: Sequence[tuple[_Replica, str]]) -> None:
@@ -342,55 +449,6 @@ def _verdict_event(actor: Actor | None, job: Any, r: _Replica, verdict: str) -> 
             f"digest {r.digest}: {verdict}"
         ),
     )
-
-
-async def _accept(
-    session: AsyncSession,
-    actor: Actor | None,
-    job: Any,
-    decision: Decision,
-    group: Sequence[_Replica],
-    done: Sequence[_Replica],
-    outstanding: Sequence[_Replica],
-    comparator: comparators.Comparator,
-    policy: Validation,
-) -> None:
-    head = group[0]
-    in_group = {r.uid for r in group}
-    verdicts: list[tuple[_Replica, str]] = []
-    for r in done:
-        if r.uid in in_group:
-            verdicts.append((r, TRUSTED if decision.trusted else Verdict.VALID.value))
-        else:
-            v = _agree(head, r, policy, comparator)
-            verdicts.append(
-                (r, Verdict.INCONCLUSIVE.value if v is Verdict.INCONCLUSIVE else Verdict.INVALID.value)
-            )
-    await _set_verdicts(session, verdicts)
-    await insert_events(session, [_verdict_event(actor, job, r, v) for r, v in verdicts])
-    note_verdicts(session, Counter(v for _, v in verdicts))
-    await transition(
-        session,
-        _seen(job),
-        Trigger.COMPLETE,
-        actor=actor,
-        reason=f"{decision.reason}: result of replica {head.uid}",
-        values={
-            "result_uid": head.row.result_uid,
-            "return_code": head.row.return_code,
-            "host_uid": head.row.host_uid,
-        },
-    )
-    await cancel(session, actor, [r.row for r in outstanding], f"not needed: job {job.uid} was validated")
-    judged = [
-        (r.row.host_uid, job.app_uid, v == Verdict.VALID.value)
-        for r, v in verdicts
-        if v in (Verdict.VALID.value, Verdict.INVALID.value) and r.row.host_uid is not None
-    ]
-    outcomes = await reliability.record(session, judged, utcnow(), trust_after=policy.trust_after)
-    for host, app, out in outcomes:
-        if out.lost_trust is not None:
-            await recheck(session, actor, host, app, out.lost_trust, exclude=job.uid)
 
 
 async def replicas_out(session: AsyncSession, jobs: Sequence[Any]) -> dict[str, list[ReplicaOut]]:
@@ -445,7 +503,13 @@ async def cancel(session: AsyncSession, actor: Actor | None, replicas: Sequence[
 
 
 async def recheck(
-    session: AsyncSession, actor: Actor | None, host: str, app: str, since: datetime, *, exclude: str = ""
+    session: AsyncSession,
+    actor: Actor | None,
+    host: str,
+    app: str,
+    since: datetime,
+    *,
+    exclude: Iterable[str] = (),
 ) -> int:
     """Jobs accepted on ``host``'s trust alone since ``since`` are checked again: each gets another
     replica (the host's result stands only if another host agrees); how many."""
@@ -459,7 +523,7 @@ async def recheck(
             JOBS.c.app_uid == app,
             JOBS.c.completed >= since,
             parents.c.status == JobStatus.COMPLETED.value,
-            parents.c.uid != exclude,
+            parents.c.uid.not_in(list(exclude)),
         )
     )
     count = 0
