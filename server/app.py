@@ -148,7 +148,7 @@ def create_app(settings: ServerSettings, *, migrate: bool = True) -> web.Applica
 
     async def validator_ctx(app: web.Application) -> AsyncIterator[None]:
         svc = app[SERVICES]
-        loop = validator.run(svc.sessions, svc.store)
+        loop = validator.run(svc.sessions, svc.store, svc.readers)
         task = asyncio.create_task(loop, name="validator")
         try:
             yield
