@@ -14,7 +14,18 @@ from typing import Any
 
 from bench.harness import DOC, RESULTS, ROOT, load_results, machine_line
 
-ORDER = ["dispatch", "latency", "scale", "submit", "relay", "data", "connections", "processes", "metrics"]
+ORDER = [
+    "dispatch",
+    "latency",
+    "scale",
+    "submit",
+    "relay",
+    "data",
+    "connections",
+    "processes",
+    "metrics",
+    "validation",
+]
 ANALYSIS = ROOT / "bench" / "analysis.md"
 OTHERS = "other processes' cores"
 
@@ -402,7 +413,150 @@ def _metrics(d: dict[str, Any]) -> list[str]:
     return out
 
 
+def _pct(x: float | None) -> str:
+    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}%"
+
+
+def _kinds(trust: dict[str, Any], kind: str) -> str:
+    """'trusted / quarantined of hosts' for one kind of host."""
+    t = trust.get(kind) or {}
+    return f"{t.get('trusted', 0)} / {t.get('quarantined', 0)} of {t.get('hosts', 0)}"
+
+
+def _validation(d: dict[str, Any]) -> list[str]:
+    sizes = d.get("sizes", {})
+    out = [
+        f"{sizes.get('workers')} simulated workers ({sizes.get('liars')} liars; each its own user and "
+        f"host) x {sizes.get('slots')} slots; SQLite. Hosts: trusted / quarantined for the application.",
+        "",
+        "*(a) independent liars, adaptive policy*",
+        "",
+        *md_head(
+            "phase",
+            "jobs",
+            "COMPLETED / ERROR",
+            "wrong accepted",
+            "attempts/job",
+            "accepted on trust",
+            "liars' share of attempts",
+            "verdicts",
+            "honest hosts",
+            "liars",
+            "server ms CPU/job",
+            "seconds",
+        ),
+    ]
+    a = d.get("independent", {})
+    for key, label, trust in (
+        ("warmup", "warm-up", a.get("trust_after_warmup", {})),
+        ("measured", "measured", a.get("trust_at_end", {})),
+    ):
+        p = a.get(key)
+        if not p:
+            continue
+        verdicts = ", ".join(f"{k} {v:,}" for k, v in sorted(p.get("verdicts", {}).items()))
+        out.append(
+            md_row(
+                label,
+                f"{p['jobs']:,}",
+                f"{p['completed']:,} / {p['error']:,}",
+                p["wrong_accepted"],
+                num(p["attempts_per_job"]),
+                f"{p['accepted_on_trust']:,}",
+                _pct(p.get("liar_share_of_attempts")),
+                cell(verdicts),
+                _kinds(trust, "honest"),
+                _kinds(trust, "independent liar"),
+                num(p.get("costs", {}).get("server_cpu_ms_per_job")),
+                num(p.get("costs", {}).get("elapsed_s")),
+            )
+        )
+    out += [
+        "",
+        "*(b) colluding liars (their wrong results agree)*",
+        "",
+        *md_head(
+            "policy",
+            "jobs",
+            "COMPLETED / ERROR",
+            "wrong accepted",
+            "rate",
+            "theory f = 0.2",
+            "colluders' share of attempts (theory there)",
+            "attempts/job",
+            "wrong on trust / by agreement",
+            "colluders trusted / quarantined",
+            "honest hosts trusted / quarantined",
+            "by thirds of the jobs: colluders' share of attempts -> wrong accepted",
+            "server ms CPU/job",
+        ),
+    ]
+    for label, b in d.get("colluding", {}).items():
+        out.append(
+            md_row(
+                label,
+                f"{b['jobs']:,}",
+                f"{b['completed']:,} / {b['error']:,}",
+                b["wrong_accepted"],
+                _pct(b.get("wrong_rate")),
+                _pct(b.get("theory_rate")),
+                f"{_pct(b.get('liar_share_of_attempts'))} ({_pct(b.get('theory_rate_at_observed_share'))})",
+                num(b["attempts_per_job"]),
+                f"{b['wrong_accepted_on_trust']} / {b['wrong_by_agreement']}",
+                _kinds(b.get("trust", {}), "colluding liar"),
+                _kinds(b.get("trust", {}), "honest"),
+                ", ".join(
+                    f"{_pct(t.get('liar_share_of_attempts'))} -> {_pct(t.get('wrong_rate'))}"
+                    for t in b.get("thirds", [])
+                ),
+                num(b.get("costs", {}).get("server_cpu_ms_per_job")),
+            )
+        )
+    c = d.get("cpu", {})
+    out += [
+        "",
+        f"*(c) server CPU per job, honest fleet, {c.get('jobs_per_run', 0):,} jobs per run*",
+        "",
+        *md_head(
+            "round",
+            "order",
+            "no validation ms CPU/job",
+            "quorum 2 ms CPU/job",
+            "quorum 2 ms CPU/attempt",
+            "quorum 2 attempts/job",
+            "ratio",
+            OTHERS,
+        ),
+    ]
+    for i, e in enumerate(c.get("rounds", []), 1):
+        p, q = e["plain"], e["quorum2"]
+        out.append(
+            md_row(
+                i,
+                " then ".join(e.get("order", [])),
+                num(p["server_cpu_ms_per_accepted_job"]),
+                num(q["server_cpu_ms_per_accepted_job"]),
+                num(q["server_cpu_ms_per_attempt"]),
+                num(q["attempts_per_job"]),
+                num(q["server_cpu_ms_per_accepted_job"] / p["server_cpu_ms_per_accepted_job"]),
+                f"{num(p.get('others_cpu_busy'))} / {num(q.get('others_cpu_busy'))}",
+            )
+        )
+    errors = d.get("server_errors") or {}
+    if errors.get("total"):
+        out += [
+            "",
+            f"**The server answered {errors['total']:,} of the simulated workers' requests with an error** "
+            "(they retried, as xwworker does):",
+            "",
+            *(f"* {n:,} x {cell(why)}" for why, n in errors.get("by_request", {}).items()),
+        ]
+    out += ["", *(f"* {note}" for note in d.get("notes", []))]
+    return out
+
+
 DETAILS = {
+    "validation": _validation,
     "metrics": _metrics,
     "dispatch": _dispatch,
     "latency": _latency,
@@ -464,8 +618,8 @@ def render(results: dict[str, Any], *, quick: bool) -> str:
         "this file; `make bench-quick` runs every benchmark with tiny sizes in about two minutes (part",
         "of CI: it fails if a benchmark crashes) and writes its report to a temporary directory. One",
         "benchmark: `.venv/bin/python -m bench.NAME [--quick] [--no-profile] [--keep]` with NAME one of",
-        "dispatch, latency, scale, submit, relay, data, connections, processes, metrics. Profiles need",
-        "py-spy in the virtualenv (`.venv/bin/pip install py-spy`); the OpenSSH baseline needs",
+        "dispatch, latency, scale, submit, relay, data, connections, processes, metrics, validation.",
+        "Profiles need py-spy in the virtualenv (`.venv/bin/pip install py-spy`); the OpenSSH baseline needs",
         "`openssh-server`. Both are skipped, with the reason in the report, when missing.",
         "",
         "## Goals",

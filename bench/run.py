@@ -47,6 +47,7 @@ BENCHMARKS = {
     "connections": (900, 180),
     "processes": (1200, 300),
     "metrics": (1200, 300),
+    "validation": (900, 180),
 }
 
 
