@@ -110,8 +110,10 @@ async def spawn(
 
 
 async def start(session: AsyncSession, actor: Actor | None, uids: Iterable[str]) -> int:
-    """Validated jobs among ``uids`` that just became PENDING (inputs arrived, released) start their
-    replicas (REPLICATING); how many replicas were started."""
+    """Validated jobs among ``uids`` that just became PENDING (inputs arrived, released) go on with
+    their replicas (REPLICATING); how many replicas were started. A job with no replica yet starts its
+    first ones; one released with results already in hands them back to the validator (woken by the
+    REPLICATE change: it reads their contents and starts what is still needed)."""
     rows = (
         await session.execute(
             select(JOBS).where(
@@ -121,10 +123,24 @@ async def start(session: AsyncSession, actor: Actor | None, uids: Iterable[str])
             )
         )
     ).all()
-    moved = [r.uid for r in rows if await transition(session, _seen(r), Trigger.REPLICATE, actor=actor)]
+    moved = [r for r in rows if await transition(session, _seen(r), Trigger.REPLICATE, actor=actor)]
     if not moved:
         return 0
-    return await judge(session, actor, moved, None)
+    replicas = await _replicas(session, [r.uid for r in moved])
+    started = 0
+    for job in moved:
+        results = [
+            r for r in replicas[job.uid] if r.status is JobStatus.COMPLETED and r.row.verdict in OPEN_VERDICTS
+        ]
+        if results:
+            await session.execute(_SET_VERDICT_ONLY, [{"w_uid": r.uid, "v_verdict": None} for r in results])
+        else:
+            why = "replicas start"
+            policy = Validation(**job.validation)
+            started += len(
+                await spawn(session, actor, job, policy.first_wave, why, [r.row for r in replicas[job.uid]])
+            )
+    return started
 
 
 # --- reading results ------------------------------------------------------------------------------
@@ -568,8 +584,9 @@ class Validator:
         self.rng = rng
 
     def observe(self, changes: list[Change]) -> None:
-        """The status writer's observer: a job that ended may be a replica."""
-        if any(c.after in FINAL for c in changes):
+        """The status writer's observer: a job that ended may be a replica, a job released may have
+        results waiting."""
+        if any(c.after in FINAL or c.trigger is Trigger.REPLICATE for c in changes):
             self.wake.set()
 
     async def run(
