@@ -15,7 +15,7 @@ from functools import lru_cache
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import Select, insert, select, update
+from sqlalchemy import Select, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from common.enums import AppType, AttemptState, JobStatus
@@ -23,7 +23,7 @@ from common.jobstates import Trigger
 from common.schemas import Assignment, FileRef
 from common.uri import new_uid
 from server.authz import Actor
-from server.db.models import Attempt, Job, table_of, utcnow
+from server.db.models import Attempt, Host, Job, table_of, utcnow
 from server.scheduler.catalog import AppInfo, Catalog
 from server.scheduler.matching import HostView, binary_for, match_of, match_where
 from server.scheduler.writer import Move, Seen, transition, transition_many
@@ -61,6 +61,10 @@ async def claim(
     if not rows:
         return []
     rows = _one_replica_each(rows)
+    if locking and any(r.replica_of is not None for r in rows):
+        rows = await _replicas_still_ours(session, host, rows)
+        if not rows:
+            return []
     now = utcnow()
     attempts = [new_uid() for _ in rows]
     # the candidates are ours: locked (PostgreSQL) or read in this single-writer transaction (SQLite)
@@ -120,6 +124,43 @@ async def claim(
             .values(hr_class=host.platform)
         )
     return await _assign(session, host, taken, catalog)
+
+
+async def _replicas_still_ours(session: AsyncSession, host: HostView, rows: Sequence[Any]) -> list[Any]:
+    """PostgreSQL: the candidates without replicas another transaction may be giving to a sibling host.
+
+    Two hosts of one owner claiming at once would each read no sibling attempt (neither has committed)
+    and take two replicas of one job. So a claim also locks the jobs its replicas belong to (skipping
+    those another claim or the validator holds: those replicas wait for a later claim), then looks
+    again, with what has committed since, for a sibling run on this host or a host of its owner."""
+    parents = sorted({r.replica_of for r in rows if r.replica_of is not None})
+    jobs, sib, attempts, hosts = table_of(Job), table_of(Job).alias("sib"), table_of(Attempt), table_of(Host)
+    locked = set(
+        (
+            await session.execute(
+                select(jobs.c.uid)
+                .where(jobs.c.uid.in_(parents))
+                .order_by(jobs.c.uid)
+                .with_for_update(skip_locked=True)
+            )
+        ).scalars()
+    )
+    ran = set()
+    if locked:
+        ran = set(
+            (
+                await session.execute(
+                    select(sib.c.replica_of)
+                    .join(attempts, attempts.c.job_uid == sib.c.uid)
+                    .join(hosts, hosts.c.uid == attempts.c.host_uid)
+                    .where(
+                        sib.c.replica_of.in_(locked),
+                        or_(attempts.c.host_uid == host.uid, hosts.c.owner_uid == (host.owner_uid or "")),
+                    )
+                )
+            ).scalars()
+        )
+    return [r for r in rows if r.replica_of is None or (r.replica_of in locked and r.replica_of not in ran)]
 
 
 def _one_replica_each(rows: Sequence[Any]) -> list[Any]:

@@ -344,3 +344,18 @@ async def test_a_batch_of_validated_jobs_and_one_waiting_for_its_input(setup: Se
     await setup.user.upload(data.uid, path)
     started = await setup.user.get_job(waiting)
     assert started.status is JobStatus.REPLICATING and len(started.replicas) == 2
+
+
+async def test_two_hosts_of_one_owner_claiming_at_once_never_share_a_job(setup: Setup) -> None:
+    """On PostgreSQL two claims run in parallel transactions, neither seeing the other's attempt: the
+    claim locks the replicas' jobs and looks again (on SQLite the single writer serialises them)."""
+    jobs = [await setup.submit(Validation(policy="quorum", quorum=3), args=str(i)) for i in range(24)]
+    one, two = await setup.host("one", "same-owner"), await setup.host("two", "same-owner")
+    for _ in range(4):
+        await asyncio.gather(one.xw.claim_work(one.uid, 0, 8), two.xw.claim_work(two.uid, 0, 8))
+    claimed = 0
+    for job in jobs:
+        hosts = [r.host for r in (await setup.user.get_job(job)).replicas if r.host]
+        assert len(hosts) <= 1, f"job {job}: replicas on {hosts}, two hosts of one owner"
+        claimed += len(hosts)
+    assert claimed == 24  # between them they took one replica of every job
