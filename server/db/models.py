@@ -197,6 +197,9 @@ class Attempt(Base):
     uid: Mapped[str] = mapped_column(UID, primary_key=True)
     job_uid: Mapped[str] = mapped_column(UID, index=True)
     host_uid: Mapped[str] = mapped_column(UID, index=True)
+    # its host's owner when it was claimed: replicas of one job go to distinct owners, even once the
+    # host is deleted (server/scheduler/matching.py, server/validation/)
+    owner_uid: Mapped[str | None] = mapped_column(UID)
     state: Mapped[str] = mapped_column(String(16))  # common.enums.AttemptState
     started: Mapped[datetime] = mapped_column(default=utcnow)
     ended: Mapped[datetime | None] = mapped_column()

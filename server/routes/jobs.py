@@ -11,7 +11,7 @@ from common.errors import NotFound, ValidationFailed
 from common.rights import Perm
 from common.schemas import MAX_BATCH_JOBS, HoldIn, JobIn, JobOut, JobsIn, JobsOut, Page
 from server import jobcontrol
-from server.authz import require_may_insert, require_may_list
+from server.authz import can_administer, require_may_insert, require_may_list
 from server.db.models import Job
 from server.http import Routes, read_body, reply
 from server.listing import JobFilter
@@ -51,7 +51,7 @@ async def list_jobs(request: web.Request) -> web.Response:
     stmt = wanted.apply(select(Job))
     async with services(request).readers() as session:
         rows, total, offset, limit = await paged(session, request, actor, Job, stmt, Job.created)
-        runs = await replicas_out(session, rows)
+        runs = await replicas_out(session, actor, rows)
     items = [job_out(j, runs.get(j.uid, ())) for j in rows]
     return reply(Page[JobOut](items=items, total=total, offset=offset, limit=limit))
 
@@ -112,8 +112,11 @@ async def _read_batch(request: web.Request) -> JobsIn:
 @routes.add("GET", "/jobs/{uid}", summary="Show a job", response=JobOut)
 async def get_job(request: web.Request) -> web.Response:
     async with services(request).sessions() as session:
-        job = await load(session, Job, path_uid(request), actor_of(request), Perm.READ, "job")
-        runs = await replicas_out(session, [job])
+        actor = actor_of(request)
+        job = await load(session, Job, path_uid(request), actor, Perm.READ, "job")
+        if job.replica_of is not None and not can_administer(actor, job):  # see replicas_out
+            raise NotFound(f"no job {job.uid}")
+        runs = await replicas_out(session, actor, [job])
     return reply(job_out(job, runs.get(job.uid, ())))
 
 

@@ -23,7 +23,7 @@ from common.jobstates import Trigger
 from common.schemas import Assignment, FileRef
 from common.uri import new_uid
 from server.authz import Actor
-from server.db.models import Attempt, Host, Job, table_of, utcnow
+from server.db.models import Attempt, Job, table_of, utcnow
 from server.scheduler.catalog import AppInfo, Catalog
 from server.scheduler.matching import HostView, binary_for, match_of, match_where
 from server.scheduler.writer import Move, Seen, transition, transition_many
@@ -105,6 +105,7 @@ async def claim(
                 "uid": job.attempt_uid,
                 "job_uid": job.uid,
                 "host_uid": host.uid,
+                "owner_uid": host.owner_uid,
                 "state": AttemptState.RUNNING.value,
                 "started": now,
                 "cpu_seconds": 0.0,
@@ -118,11 +119,10 @@ async def claim(
     unset = {job.replica_of for job in taken if job.hr_class == ""}
     if unset:  # homogeneous redundancy: this first replica fixes its siblings' OS/CPU class
         jobs = table_of(Job)
-        await session.execute(
-            update(jobs)
-            .where(jobs.c.replica_of.in_(unset), jobs.c.hr_class == "")
-            .values(hr_class=host.platform)
-        )
+        siblings = select(jobs.c.uid).where(jobs.c.replica_of.in_(unset), jobs.c.hr_class == "")
+        if locking:  # never wait on a sibling another claim holds as a candidate (no deadlock)
+            siblings = siblings.with_for_update(skip_locked=True)
+        await session.execute(update(jobs).where(jobs.c.uid.in_(siblings)).values(hr_class=host.platform))
     return await _assign(session, host, taken, catalog)
 
 
@@ -134,7 +134,7 @@ async def _replicas_still_ours(session: AsyncSession, host: HostView, rows: Sequ
     those another claim or the validator holds: those replicas wait for a later claim), then looks
     again, with what has committed since, for a sibling run on this host or a host of its owner."""
     parents = sorted({r.replica_of for r in rows if r.replica_of is not None})
-    jobs, sib, attempts, hosts = table_of(Job), table_of(Job).alias("sib"), table_of(Attempt), table_of(Host)
+    jobs, sib, attempts = table_of(Job), table_of(Job).alias("sib"), table_of(Attempt)
     locked = set(
         (
             await session.execute(
@@ -152,10 +152,9 @@ async def _replicas_still_ours(session: AsyncSession, host: HostView, rows: Sequ
                 await session.execute(
                     select(sib.c.replica_of)
                     .join(attempts, attempts.c.job_uid == sib.c.uid)
-                    .join(hosts, hosts.c.uid == attempts.c.host_uid)
                     .where(
                         sib.c.replica_of.in_(locked),
-                        or_(attempts.c.host_uid == host.uid, hosts.c.owner_uid == (host.owner_uid or "")),
+                        or_(attempts.c.host_uid == host.uid, attempts.c.owner_uid == (host.owner_uid or "")),
                     )
                 )
             ).scalars()
@@ -237,9 +236,12 @@ def _assignment(
             raise _Unrunnable(f"data {uid} is missing or has no content")
         return found
 
+    shown = job_out(job)
+    if job.replica_of is not None:  # a host runs a replica as a job of its own, unaware of its siblings
+        shown = shown.model_copy(update={"replica_of": None})
     return Assignment(
         attempt=job.attempt_uid,
-        job=job_out(job),
+        job=shown,
         app_name=app.name,
         app_type=AppType(app.type),
         executable=ref(binary["data"]),

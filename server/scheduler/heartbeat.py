@@ -162,7 +162,7 @@ async def beat(
     requeued = 0
     usages: list[dict[str, Any]] = []
     if reported:
-        cols = (*SEEN_COLUMNS, Job.host_uid, Job.memory, Job.wallclock, Job.status_reason)
+        cols = (*SEEN_COLUMNS, Job.host_uid, Job.memory, Job.wallclock, Job.status_reason, Job.replica_of)
         stmt = select(*cols).where(Job.attempt_uid.in_(list(reported))).order_by(Job.uid)
         rows = (await session.execute(stmt)).all()
         current = {r.attempt_uid: r for r in rows}
@@ -183,7 +183,10 @@ async def beat(
             )
             held = hold_reason(usage, row.memory, row.wallclock, grace)
             if held and row.status == JobStatus.RUNNING.value:
-                if await transition(session, Seen.row(row), Trigger.HOLD, actor=actor, reason=held):
+                # a replica is not held (nobody may release it): it fails, and its job's validator
+                # counts the failure and starts another
+                trigger = Trigger.FAIL if row.replica_of is not None else Trigger.HOLD
+                if await transition(session, Seen.row(row), trigger, actor=actor, reason=held):
                     kill[attempt] = held
         await record_usage(session, usages)
     if check_forgotten:

@@ -60,6 +60,9 @@ async def delete_job(session: AsyncSession, job: Job, actor: Actor) -> None:
     if job.replica_of is not None:
         raise Conflict(f"job {job.uid} is a replica of job {job.replica_of}: delete that job")
     if job.policy is not None:
+        if session.bind is not None and session.bind.dialect.name == "postgresql":
+            # the validator and a release spawn replicas holding the job: wait for them, then take all
+            await session.execute(select(Job.uid).where(Job.uid == job.uid).with_for_update())
         for replica in (await session.execute(select(Job).where(Job.replica_of == job.uid))).scalars():
             await _delete_one(session, replica, actor)
     await _delete_one(session, job, actor)

@@ -127,15 +127,15 @@ def match_of(host: HostView, owner_rights: UserRights, owner_group: str | None) 
 
 def _no_sibling_here() -> ColumnElement[bool]:
     """A replica whose siblings never ran on this host nor on a host of the same owner (any attempt:
-    running, finished or lost). Not a replica: true at once."""
-    sib, attempts, hosts = table_of(Job).alias("sib"), table_of(Attempt), table_of(Host)
+    running, finished or lost; the owner as the attempt recorded it, so deleting a host does not make
+    its owner new). Not a replica: true at once."""
+    sib, attempts = table_of(Job).alias("sib"), table_of(Attempt)
     ran_here = (
         select(attempts.c.uid)
         .join(sib, sib.c.uid == attempts.c.job_uid)
-        .join(hosts, hosts.c.uid == attempts.c.host_uid)
         .where(
             sib.c.replica_of == Job.replica_of,
-            or_(attempts.c.host_uid == bindparam("m_uid"), hosts.c.owner_uid == bindparam("m_host_owner")),
+            or_(attempts.c.host_uid == bindparam("m_uid"), attempts.c.owner_uid == bindparam("m_host_owner")),
         )
     )
     return or_(Job.replica_of.is_(None), ~exists(ran_here))

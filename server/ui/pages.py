@@ -17,7 +17,7 @@ from common.errors import Conflict, Forbidden, NotFound, TooManyRequests, Unauth
 from common.rights import Perm
 from common.uri import is_uid
 from server import content, jobcontrol
-from server.authz import Actor, require, require_may_list, visible
+from server.authz import Actor, can_administer, require, require_may_list, visible
 from server.db.models import App, Data, Host, Job, User, UserGroup
 from server.listing import JobFilter, alive_clause, host_rows
 from server.logins import password_login
@@ -237,9 +237,11 @@ async def _job_context(request: web.Request) -> dict[str, Any]:
         if job is None:
             raise NotFound(f"no job {uid}")
         require(actor, job, Perm.READ, "job")
+        if job.replica_of is not None and not can_administer(actor, job):  # as GET /jobs/{uid}
+            raise NotFound(f"no job {uid}")
         events = await queries.timeline(session, actor, uid)
         runs = await queries.attempts(session, uid)
-        replicas = (await replicas_out(session, [job])).get(job.uid, [])
+        replicas = (await replicas_out(session, actor, [job])).get(job.uid, [])
         apps, owners = await queries.names(session, [job])
     return {
         "page": "jobs",

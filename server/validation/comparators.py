@@ -8,7 +8,6 @@ their own through the entry-point group ``xwhep.comparators``; ``load`` finds on
 
 from __future__ import annotations
 
-import codecs
 import itertools
 import json
 import logging
@@ -154,25 +153,13 @@ def _same_json(x: object, y: object, options: Validation) -> bool:
     return True
 
 
-def _is_utf8(data: bytes) -> bool:
-    """Whether ``data`` is UTF-8, decoded piecewise so that no large str is built."""
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    view = memoryview(data)
-    try:
-        for start in range(0, len(data), _CHUNK):
-            decoder.decode(view[start : start + _CHUNK])
-        decoder.decode(b"", final=True)
-    except UnicodeDecodeError:
-        return False
-    return True
-
-
 def _compare_file(name: str, x: bytes, y: bytes, options: Validation) -> Verdict:
     if x == y:
         return Verdict.VALID
     if max(len(x), len(y)) > MAX_TEXT_BYTES:
-        # too large to compare number by number; binary files still differ byte for byte
-        return Verdict.INCONCLUSIVE if _is_utf8(x) and _is_utf8(y) else Verdict.INVALID
+        # too large to compare number by number, and not equal byte for byte: a result cannot escape
+        # judgement (and its host the loss of trust) by padding a file past the limit
+        return Verdict.INVALID
     try:
         tx, ty = x.decode(), y.decode()
     except UnicodeDecodeError:
@@ -188,7 +175,7 @@ def _compare_file(name: str, x: bytes, y: bytes, options: Validation) -> Verdict
 def tolerance(a: ResultContent, b: ResultContent, options: Validation) -> Verdict:
     """Valid iff both results have the same return code and file names, and every file agrees: numbers
     within ``rel_tol``/``abs_tol``, all else equal (text up to whitespace runs, JSON up to key order,
-    binary files byte for byte). Inconclusive if a differing text file is too large to compare."""
+    binary files byte for byte). A differing text file too large to compare is invalid."""
     if a.return_code != b.return_code or a.files.keys() != b.files.keys():
         return Verdict.INVALID
     verdict = Verdict.VALID

@@ -93,15 +93,24 @@ def standing_of(row: Any) -> Standing:
 
 
 async def standings(
-    session: AsyncSession, pairs: Sequence[tuple[str, str]]
+    session: AsyncSession, pairs: Sequence[tuple[str, str]], *, lock: bool = False
 ) -> dict[tuple[str, str], Standing]:
-    """The standing of each (host, app) asked for (a fresh one for those never judged)."""
+    """The standing of each (host, app) asked for (a fresh one for those never judged). ``lock``: hold
+    the rows until the transaction ends (PostgreSQL, in key order: two validators never deadlock), for a
+    read-modify-write."""
     if not pairs:
         return {}
     hosts = {h for h, _ in pairs}
     apps = {a for _, a in pairs}
     table = table_of(HostReliability)
-    rows = await session.execute(select(table).where(table.c.host_uid.in_(hosts), table.c.app_uid.in_(apps)))
+    stmt = (
+        select(table)
+        .where(table.c.host_uid.in_(hosts), table.c.app_uid.in_(apps))
+        .order_by(table.c.host_uid, table.c.app_uid)
+    )
+    if lock and session.bind is not None and session.bind.dialect.name == "postgresql":
+        stmt = stmt.with_for_update()
+    rows = await session.execute(stmt)
     found = {(r.host_uid, r.app_uid): standing_of(r) for r in rows}
     return {p: found.get(p, Standing()) for p in pairs}
 
@@ -115,8 +124,8 @@ async def record(
 ) -> list[tuple[str, str, Outcome]]:
     """Apply judged results (host, app, valid) in order; the outcome of each (host, app) touched. A
     quarantine is also written on the host record (``hosts.quarantine``), which the claim reads."""
-    pairs = list(dict.fromkeys((h, a) for h, a, _ in verdicts))
-    current = await standings(session, pairs)
+    pairs = sorted(dict.fromkeys((h, a) for h, a, _ in verdicts))  # key order, as the locks
+    current = await standings(session, pairs, lock=True)
     names = await _app_names(session, {a for _, a in pairs})
     lost: dict[tuple[str, str], datetime] = {}
     jailed: set[tuple[str, str]] = set()

@@ -27,6 +27,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import bindparam, insert, select, text, update
@@ -36,8 +37,8 @@ from common.enums import JobStatus
 from common.jobstates import FINAL, VALIDATION, Trigger
 from common.schemas import ReplicaOut, Validation
 from common.uri import new_uid
-from server.authz import Actor
-from server.db.models import UNJUDGED, Blob, Data, Event, Host, Job, JobRef, table_of, utcnow
+from server.authz import Actor, can_administer
+from server.db.models import UNJUDGED, Attempt, Blob, Data, Event, Job, JobRef, table_of, utcnow
 from server.scheduler.submission import INSERT_JOBS, insert_many
 from server.scheduler.writer import Change, Move, Seen, event, insert_events, transition, transition_many
 from server.store import DataStore
@@ -146,35 +147,51 @@ async def start(session: AsyncSession, actor: Actor | None, uids: Iterable[str])
 # --- reading results ------------------------------------------------------------------------------
 
 
-async def _contents(
+MAX_JUDGED_BYTES = 256 << 20  # a result larger than this is not validated: its replica counts as failed
+
+
+@dataclass(frozen=True)
+class _Source:
+    """Where a result's bytes are: inline in its blob row, or a file of the store."""
+
+    inline: bytes | None
+    path: Path | None
+
+
+async def _sources(
     session: AsyncSession, store: DataStore | None, data_uids: Iterable[str]
-) -> dict[str, bytes]:
-    """The bytes of result data objects (inline blobs, or files in the store)."""
+) -> dict[str, _Source | str]:
+    """Where each result data object's bytes are, or why it cannot be judged."""
     wanted = list(data_uids)
     if not wanted:
         return {}
     rows = await session.execute(
-        select(Data.uid, Data.sha256, Blob.inline)
+        select(Data.uid, Data.sha256, Data.size, Blob.inline)
         .join(Blob, Blob.sha256 == Data.sha256, isouter=True)
         .where(Data.uid.in_(wanted))
     )
-    out: dict[str, bytes] = {}
-    for uid, sha, inline in rows:
-        if inline is not None:
-            out[uid] = inline
+    out: dict[str, _Source | str] = {uid: "its result data was deleted" for uid in wanted}
+    for uid, sha, size, inline in rows:
+        if (size or 0) > MAX_JUDGED_BYTES:
+            out[uid] = f"its result is over {MAX_JUDGED_BYTES >> 20} MiB, too large to validate"
+        elif inline is not None:
+            out[uid] = _Source(inline, None)
         elif sha is not None and store is not None:
-            path = store.path(sha)
-            with contextlib.suppress(OSError):
-                out[uid] = await asyncio.to_thread(path.read_bytes)
+            out[uid] = _Source(None, store.path(sha))
+        else:
+            out[uid] = "its result has no content"
     return out
 
 
-def _content(raw: bytes | None, return_code: int | None) -> ResultContent:
-    """A result as comparators see it; one that is not a readable zip is compared as its raw bytes."""
-    if raw is None:
-        return ResultContent({".missing": b""}, return_code)
+def _content(source: _Source, return_code: int | None) -> ResultContent | str:
+    """A result as comparators see it (one that is not a readable zip is compared as its raw bytes),
+    or why it cannot be read. Runs in a thread: unzipping is CPU work."""
     try:
-        files = read_result(raw)
+        raw = source.inline if source.inline is not None else source.path.read_bytes() if source.path else b""
+    except OSError as err:
+        return f"its result cannot be read ({err.strerror or err})"
+    try:
+        files = read_result(raw, max_bytes=MAX_JUDGED_BYTES)
     except ValueError:
         files = {".raw": raw}
     return ResultContent(files, return_code)
@@ -195,6 +212,7 @@ class _Replica:
     owner: str  # its host's owner: a quorum counts owners, not hosts
     digest: str | None = None
     content: ResultContent | None = None
+    broken: str | None = None  # why its result cannot be judged (it then counts as failed)
 
     @property
     def uid(self) -> str:
@@ -206,16 +224,17 @@ class _Replica:
 
 
 async def _replicas(session: AsyncSession, parents: Sequence[str]) -> dict[str, list[_Replica]]:
-    hosts = table_of(Host)
+    """The replicas of ``parents``, each with the owner its (last) attempt's host had when claimed."""
+    attempts = table_of(Attempt)
     rows = await session.execute(
-        select(JOBS, hosts.c.owner_uid.label("host_owner"))
-        .join(hosts, hosts.c.uid == JOBS.c.host_uid, isouter=True)
+        select(JOBS, attempts.c.owner_uid.label("run_owner"))
+        .join(attempts, attempts.c.uid == JOBS.c.attempt_uid, isouter=True)
         .where(JOBS.c.replica_of.in_(list(parents)))
         .order_by(JOBS.c.created)
     )
     out: dict[str, list[_Replica]] = {p: [] for p in parents}
     for r in rows:
-        out[r.replica_of].append(_Replica(r, r.host_owner or f"host:{r.host_uid}", r.digest))
+        out[r.replica_of].append(_Replica(r, r.run_owner or f"host:{r.host_uid}", r.digest))
     return out
 
 
@@ -306,7 +325,6 @@ class _Batch:
     cancels: list[tuple[Any, str]] = field(default_factory=list)  # replica rows, why
     spawns: list[tuple[Any, int, str, list[Any]]] = field(default_factory=list)
     judged: dict[int, list[tuple[str, str, bool]]] = field(default_factory=dict)  # by trust_after
-    accepted: set[str] = field(default_factory=set)
 
     def move(self, job: Any, trigger: Trigger, reason: str, values: dict[str, Any] | None = None) -> None:
         self.moves.setdefault(trigger, []).append(Move(_seen(job), reason, values))
@@ -332,10 +350,8 @@ class _Batch:
         for trust_after, judged in self.judged.items():
             outcomes = await reliability.record(session, judged, utcnow(), trust_after=trust_after)
             for host, app, out in outcomes:
-                if out.lost_trust is not None:
-                    started += await recheck(
-                        session, self.actor, host, app, out.lost_trust, exclude=self.accepted
-                    )
+                if out.lost_trust is not None:  # jobs accepted on its word, this pass's included
+                    started += await recheck(session, self.actor, host, app, out.lost_trust)
         return started
 
 
@@ -345,8 +361,7 @@ def _case(batch: _Batch, job: Any, replicas: Sequence[_Replica]) -> _Case | None
     status = JobStatus(job.status)
     if status is JobStatus.WAITING:  # held: failures are marked, results wait for the release
         for r in _ended(replicas):
-            if r.status is JobStatus.ERROR:
-                batch.verdict(job, r, FAILED, event=False)
+            batch.verdict(job, r, FAILED if r.status is JobStatus.ERROR else PENDING_VERDICT, event=False)
         return None
     if status not in VALIDATION:  # decided or failed meanwhile: what ends now was not needed
         for r in _ended(replicas):
@@ -370,20 +385,40 @@ def _case(batch: _Batch, job: Any, replicas: Sequence[_Replica]) -> _Case | None
             for r in replicas
             if r.status is JobStatus.COMPLETED and r.row.verdict in (None, PENDING_VERDICT)
         ],
-        failed=[r for r in replicas if r.status is JobStatus.ERROR and r.row.verdict != CANCELLED],
+        failed=[
+            r
+            for r in replicas
+            if (r.status is JobStatus.ERROR and r.row.verdict != CANCELLED) or r.row.verdict == FAILED
+        ],
         outstanding=outstanding,
         made=sum(1 for r in replicas if r.row.verdict != CANCELLED),
     )
 
 
 async def _load(session: AsyncSession, store: DataStore | None, cases: Sequence[_Case]) -> None:
-    """Digests of new results, and contents where the comparator needs more than digests (one read
-    for all the jobs)."""
-    wanted = [r for c in cases for r in c.done if c.policy.comparator != "bitwise" or r.digest is None]
-    raw = await _contents(session, store, [r.row.result_uid for r in wanted])
-    for r in wanted:
-        r.content = _content(raw.get(r.row.result_uid), r.row.return_code)
-        r.digest = r.content.digest
+    """Digests of new results, and contents where the comparator needs more than digests: one query
+    for all the jobs, the reading and unzipping in a thread, one result at a time (a bitwise
+    comparison keeps only the digest). A result that cannot be read makes its replica a failed one."""
+    for c in cases:
+        bitwise = c.policy.comparator == "bitwise"
+        wanted = [r for r in c.done if not bitwise or r.digest is None]
+        sources = await _sources(session, store, [r.row.result_uid for r in wanted])
+        for r in wanted:
+            source = sources[r.row.result_uid]
+            content = (
+                await asyncio.to_thread(_content, source, r.row.return_code)
+                if isinstance(source, _Source)
+                else source
+            )
+            if isinstance(content, str):
+                r.broken = content
+                continue
+            r.digest = content.digest
+            r.content = None if bitwise else content
+        broken = [r for r in c.done if r.broken]
+        if broken:
+            c.done = [r for r in c.done if not r.broken]
+            c.failed += broken
 
 
 async def _trust(session: AsyncSession, cases: Sequence[_Case]) -> None:
@@ -411,8 +446,8 @@ def _decide(batch: _Batch, c: _Case, draw: float) -> None:
         )
     )
     for r in c.failed:
-        if r.row.verdict is None:
-            batch.verdict(job, r, FAILED, event=False)
+        if r.row.verdict in OPEN_VERDICTS:  # a run that ended without a result, or one that cannot be read
+            batch.verdict(job, r, FAILED, event=r.broken is not None)
     if decision.action is Action.ACCEPT:
         by_uid = {r.uid: r for r in c.replicas}
         _accept(batch, c, decision, [by_uid[x.replica] for x in decision.accepted])
@@ -456,7 +491,6 @@ def _accept(batch: _Batch, c: _Case, decision: Decision, group: Sequence[_Replic
         },
     )
     batch.cancels += [(r.row, f"not needed: job {job.uid} was validated") for r in c.outstanding]
-    batch.accepted.add(job.uid)
 
 
 async def _set_verdicts(session: AsyncSession, items: Sequence[tuple[_Replica, str]]) -> None:
@@ -466,22 +500,25 @@ async def _set_verdicts(session: AsyncSession, items: Sequence[tuple[_Replica, s
 
 
 def _verdict_event(actor: Actor | None, job: Any, r: _Replica, verdict: str) -> dict[str, Any]:
+    what = f"not judged: {r.broken}" if r.broken else f"digest {r.digest}"
     return event(
         actor,
         "work",
         job.uid,
         job.owner_uid,
         "verdict",
-        reason=(
-            f"replica {r.uid} on host {r.row.host_uid}: exit code {r.row.return_code}, "
-            f"digest {r.digest}: {verdict}"
-        ),
+        reason=f"replica {r.uid} on host {r.row.host_uid}: exit code {r.row.return_code}, {what}: {verdict}",
     )
 
 
-async def replicas_out(session: AsyncSession, jobs: Sequence[Any]) -> dict[str, list[ReplicaOut]]:
-    """The replicas of the validated ones among ``jobs`` (rows or objects), as the wire shows them."""
-    parents = [j.uid for j in jobs if getattr(j, "policy", None) is not None]
+async def replicas_out(
+    session: AsyncSession, actor: Actor, jobs: Sequence[Any]
+) -> dict[str, list[ReplicaOut]]:
+    """The replicas of the validated ones among ``jobs`` (rows or objects), as the wire shows them, to
+    those who control the job (its owner, its group's administrator, a super user): to anyone else
+    who may read it, where its copies run and what their results' digests are would tell colluding
+    hosts when they hold the whole quorum."""
+    parents = [j.uid for j in jobs if getattr(j, "policy", None) is not None and can_administer(actor, j)]
     if not parents:
         return {}
     rows = await session.execute(
@@ -526,8 +563,10 @@ async def cancel(session: AsyncSession, actor: Actor | None, replicas: Sequence[
     """End replicas (jobs rows) still queued or running (their hosts drop them at the next heartbeat)."""
     if not replicas:
         return
-    await transition_many(session, [Move(_seen(r), why) for r in replicas], Trigger.FAIL, actor=actor)
-    await session.execute(_SET_VERDICT_ONLY, [{"w_uid": r.uid, "v_verdict": CANCELLED} for r in replicas])
+    moved = await transition_many(session, [Move(_seen(r), why) for r in replicas], Trigger.FAIL, actor=actor)
+    ended = [{"w_uid": r.uid, "v_verdict": CANCELLED} for r, m in zip(replicas, moved, strict=True) if m]
+    if ended:  # one that finished meanwhile keeps its result for the validator
+        await session.execute(_SET_VERDICT_ONLY, ended)
 
 
 async def recheck(
@@ -536,8 +575,6 @@ async def recheck(
     host: str,
     app: str,
     since: datetime,
-    *,
-    exclude: Iterable[str] = (),
 ) -> int:
     """Jobs accepted on ``host``'s trust alone since ``since`` are checked again: each gets another
     replica (the host's result stands only if another host agrees); how many."""
@@ -551,7 +588,6 @@ async def recheck(
             JOBS.c.app_uid == app,
             JOBS.c.completed >= since,
             parents.c.status == JobStatus.COMPLETED.value,
-            parents.c.uid.not_in(list(exclude)),
         )
     )
     count = 0

@@ -283,16 +283,13 @@ def test_tolerance_compares_binary_files_bytewise() -> None:
     assert tolerance(content({"f": b"1.0"}), content({"f": blob}), OPTIONS) is Verdict.INVALID
 
 
-def test_files_too_large_to_compare_are_inconclusive(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_differing_files_too_large_to_compare_are_invalid(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Padding a file past the limit must not buy an undecided verdict (and keep a liar's trust)."""
     monkeypatch.setattr(comparators, "MAX_TEXT_BYTES", 16)
     big, noisy = b"x = 1.0 " * 4, b"x = 1.000000001 " * 4
     assert tolerance(content({"f": big}), content({"f": big}), OPTIONS) is Verdict.VALID  # identical
-    assert tolerance(content({"f": big}), content({"f": noisy}), OPTIONS) is Verdict.INCONCLUSIVE
+    assert tolerance(content({"f": big}), content({"f": noisy}), OPTIONS) is Verdict.INVALID
     assert tolerance(content({"f": big + b"\xff"}), content({"f": noisy}), OPTIONS) is Verdict.INVALID
-    # a definite difference elsewhere wins over an undecided file
-    a = {"f": big, "g": b"1"}
-    assert tolerance(content(a), content({"f": noisy, "g": b"1"}), OPTIONS) is Verdict.INCONCLUSIVE
-    assert tolerance(content(a), content({"f": noisy, "g": b"2"}), OPTIONS) is Verdict.INVALID
 
 
 # --- loading comparators -----------------------------------------------------------------------------

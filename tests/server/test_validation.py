@@ -20,7 +20,7 @@ from sqlalchemy import select
 from client.api import XWClient
 from common.enums import JobStatus, UserRights
 from common.errors import NotFound, ValidationFailed, XWError
-from common.schemas import AppIn, DataIn, HostIn, InlineResult, JobIn, JobOut, Validation
+from common.schemas import AppIn, DataIn, Heartbeat, HostIn, InlineResult, JobIn, JobOut, JobUsage, Validation
 from server.db.models import Event, HostReliability
 from server.state import SERVICES
 from tests.conftest import PASSWORD
@@ -150,7 +150,8 @@ async def test_two_of_three_with_one_liar_accepts_the_truth(setup: Setup) -> Non
     assert done.result == by_host[honest1.uid].result  # the first agreeing result is the job's
     assert by_host[liar.uid].digest != by_host[honest1.uid].digest == by_host[honest2.uid].digest
     # the rejected result is kept for the owner, and every verdict is in the job's events
-    assert await setup.content(setup.user, by_host[liar.uid].result or "") == result_zip("41\n")
+    kept = await setup.content(setup.user, by_host[liar.uid].result or "")
+    assert zipfile.ZipFile(io.BytesIO(kept)).read("stdout.txt") == b"41\n"
     verdicts = await setup.events(job, "verdict")
     assert sum(": invalid" in v for v in verdicts) == 1 and sum(": valid" in v for v in verdicts) == 2
     assert all(by_host[liar.uid].digest or "" in v for v in verdicts if ": invalid" in v)
@@ -359,3 +360,53 @@ async def test_two_hosts_of_one_owner_claiming_at_once_never_share_a_job(setup: 
         assert len(hosts) <= 1, f"job {job}: replicas on {hosts}, two hosts of one owner"
         claimed += len(hosts)
     assert claimed == 24  # between them they took one replica of every job
+
+
+async def test_deleting_a_host_does_not_make_its_owner_new(setup: Setup) -> None:
+    """Sibling runs are kept apart by the owner their attempts recorded, not by a join to the host row."""
+    job = await setup.submit(Validation(policy="quorum", quorum=2))
+    first = await setup.host("first", "volunteer")
+    assert await first.run("forged\n")
+    await setup.status(job, JobStatus.VALIDATING)
+    await setup.grid.admin.remove(first.uid)  # the host is gone, its attempt stays
+    again = await setup.host("again", "volunteer")
+    assert await again.claimable() == 0
+    assert await (await setup.host("other")).claimable() == 1
+
+
+async def test_who_may_see_a_validated_jobs_replicas(setup: Setup) -> None:
+    """A job others may read (0755) shows its copies, their hosts and digests to its owner only: a worker
+    account that reads the job must not learn where its siblings run."""
+    await setup.user.chmod(setup.app, "755")
+    job = (
+        await setup.user.submit(
+            JobIn(app=setup.app, validation=Validation(policy="quorum", quorum=2), access_rights="755")
+        )
+    ).uid
+    a = await setup.host("a")
+    assert await a.run("mine\n")
+    mine = await setup.status(job, JobStatus.VALIDATING)
+    assert len(mine.replicas) == 2
+    seen = await a.xw.get_job(job)
+    assert seen.uid == job and seen.replicas == []
+    for replica in mine.replicas:
+        with pytest.raises(NotFound):
+            await a.xw.get_job(replica.uid)
+
+
+async def test_a_replica_over_its_limits_fails_and_another_is_started(setup: Setup) -> None:
+    """The heartbeat holds an ordinary job over its memory; a replica (nobody may release one) fails
+    instead, and the validator replaces it."""
+    job = (
+        await setup.user.submit(
+            JobIn(app=setup.app, memory=1 << 20, validation=Validation(policy="quorum", quorum=2))
+        )
+    ).uid
+    a = await setup.host("a")
+    [claimed] = await a.xw.claim_work(a.uid, 0, 1)
+    beat = await a.xw.heartbeat(
+        a.uid, Heartbeat(running=[JobUsage(attempt=claimed.attempt, max_rss=1 << 30)])
+    )
+    assert claimed.attempt in beat.kill
+    replaced = await setup.settled(job, lambda j: len(j.replicas) == 3)
+    assert {r.verdict for r in replaced.replicas if r.status is JobStatus.ERROR} == {"failed"}

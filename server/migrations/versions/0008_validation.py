@@ -1,4 +1,5 @@
-"""Result validation: policies on apps and jobs, replicas (jobs.replica_of), verdicts, host reliability
+"""Result validation: policies on apps and jobs, replicas (jobs.replica_of), verdicts, host reliability,
+the owner of each attempt's host
 
 Revision ID: 0008
 Revises: 0007
@@ -36,6 +37,7 @@ def upgrade() -> None:
         postgresql_where=sa.text(UNJUDGED),
     )
     op.add_column("hosts", sa.Column("quarantine", sa.JSON(), nullable=False, server_default="{}"))
+    op.add_column("attempts", sa.Column("owner_uid", sa.String(length=36), nullable=True))
     op.create_table(
         "host_reliability",
         sa.Column("host_uid", sa.String(length=36), nullable=False),
@@ -56,6 +58,8 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index("ix_host_reliability_app_uid", table_name="host_reliability")
     op.drop_table("host_reliability")
+    with op.batch_alter_table("attempts") as attempts:
+        attempts.drop_column("owner_uid")
     with op.batch_alter_table("hosts") as hosts:
         hosts.drop_column("quarantine")
     op.drop_index("ix_jobs_unjudged", table_name="jobs")
