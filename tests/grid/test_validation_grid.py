@@ -30,6 +30,14 @@ async def test_three_copies_on_three_owners_agree(local_grid) -> None:  # type: 
         ran = [r for r in done.replicas if r.verdict in ("valid", "invalid", "inconclusive")]
         assert len(ran) >= 2 and {r.verdict for r in ran} == {"valid"}, done.replicas
         assert len({r.digest for r in ran}) == 1  # honest runs on different hosts: one digest
+
+        # a copy that finished while the job was being accepted gets its verdict (cancelled) on the
+        # validator's next pass: wait for it
+        async def judged(uid: str = job.uid) -> bool:
+            return all(r.verdict is not None for r in (await alice.get_job(uid)).replicas)
+
+        await lg.wait_for(judged, 30, f"every copy of {job.uid} to have a verdict")
+        done = await alice.get_job(job.uid)
         assert {r.verdict for r in done.replicas} <= {"valid", "cancelled"}
         owners = {h.uid: h.owner for h in await lg.admin.hosts()}
         hosts = [r.host for r in done.replicas if r.host]
