@@ -37,7 +37,7 @@ def member_parts(name: str) -> tuple[str, ...]:
     return parts
 
 
-def _check_member(info: zipfile.ZipInfo) -> tuple[str, ...]:
+def check_member(info: zipfile.ZipInfo) -> tuple[str, ...]:
     parts = member_parts(info.filename)
     mode = info.external_attr >> 16
     if stat.S_ISLNK(mode):
@@ -65,7 +65,7 @@ def _plan(
     files: set[tuple[str, ...]] = set()
     dirs: set[tuple[str, ...]] = set()
     for info in infos:
-        parts = _check_member(info)
+        parts = check_member(info)
         dirs.update(parts[:i] for i in range(1, len(parts)))
         if info.is_dir():
             dirs.add(parts)
@@ -172,7 +172,7 @@ def read_head(zf: zipfile.ZipFile, name: str, limit: int) -> bytes | None:
     such plain file or the member is unsafe or corrupt (only ``limit`` bytes are ever decompressed)."""
     for info in zf.infolist():
         try:
-            parts = _check_member(info)
+            parts = check_member(info)
         except ValueError:
             continue
         if parts != (name,) or info.is_dir():

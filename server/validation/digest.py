@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import io
 import lzma
-import stat
 import zipfile
 import zlib
 from collections.abc import Mapping
@@ -19,7 +18,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from types import MappingProxyType
 
-from common.safezip import member_parts
+from common.safezip import check_member
 
 READ_CHUNK = 1 << 20
 DIGEST_TAG = b"xwhep-result-content-v1\n"  # changes whenever the encoding below does
@@ -39,20 +38,10 @@ _ZIP_ERRORS = (
 
 
 def _check(info: zipfile.ZipInfo) -> str | None:
-    """The normalised name of a file member, None for a directory; ValueError if the member is unsafe."""
-    parts = member_parts(info.filename)
-    mode = info.external_attr >> 16
-    if stat.S_ISLNK(mode):
-        raise ValueError(f"member {info.filename!r} is a symbolic link")
-    if stat.S_IFMT(mode) not in (0, stat.S_IFREG, stat.S_IFDIR):
-        raise ValueError(f"member {info.filename!r} is not a regular file or directory")
-    if info.flag_bits & 0x1:
-        raise ValueError(f"member {info.filename!r} is encrypted")
-    if info.is_dir():
-        return None
-    if not parts:
-        raise ValueError(f"member {info.filename!r} has no file name")
-    return "/".join(parts)
+    """The normalised name of a file member, None for a directory; ValueError if the member is unsafe
+    (common.safezip's rules: no absolute or '..' names, no links, devices or encryption)."""
+    parts = check_member(info)
+    return None if info.is_dir() else "/".join(parts)
 
 
 def _unreadable(exc: BaseException) -> ValueError:
